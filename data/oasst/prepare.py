@@ -1,0 +1,104 @@
+"""
+OpenAssistant message trees (oasst1/oasst2 "*.trees.jsonl(.gz)") -> K-way comparisons, SFT pairs, prompts.
+
+One tree per line: {"message_tree_id", "prompt": message}, a message being {"text", "role" ("prompter" or
+"assistant"), "lang", "rank", "replies": [message, ...]}. Walking every tree from the root:
+  - every prompter message gives a prompt: the whole conversation path up to it, stored as
+    "turn\\n\\nAssistant: reply\\n\\nHuman: turn" (data/formats.py join_turns);
+  - the assistant replies to it that carry a human "rank" (0 = best) give one comparison, best first
+    (needs >= 2 ranked replies); unranked replies are left out of comparisons (counted);
+  - the best-ranked (rank 0) reply gives an SFT pair.
+All examples of one tree share a group, so a tree lands wholly in train or in val.
+
+    python data/oasst/prepare.py --src ../shared/data/oasst2-trees-sample.jsonl.gz --lang en
+    python data/oasst/prepare.py --lang en    # downloads oasst1 2023-04-12_oasst_ready.trees.jsonl.gz, ~10 MB
+
+Skipped, with a count per reason: trees of another language (--lang), deleted messages (and what hangs
+below them), messages missing "text"/"role", unranked replies, rankings with K < 2 or duplicate texts,
+empty or over-long parts, exact duplicates.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from data.formats import Collector, converter_args, fetch, iter_json, join_turns, reports_errors  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+URL = ("https://huggingface.co/datasets/OpenAssistant/oasst1/resolve/main/"
+       "2023-04-12_oasst_ready.trees.jsonl.gz")
+
+
+def messages(parent, role: str, data: Collector, where: str) -> list[tuple[dict, str]]:
+    """The usable replies of parent with this role, as (message, stripped text)."""
+    replies = parent.get("replies") or []
+    if not isinstance(replies, list):
+        data.skip("trees: 'replies' is not a list", where)
+        return []
+    usable = []
+    for message in replies:
+        text = data.field(message, "text", where, kind="messages")
+        if text is None:
+            continue
+        if message.get("deleted"):
+            data.skip("messages: deleted", where)
+            continue
+        if message.get("role") != role:
+            data.skip(f"messages: role is not '{role}' under a {parent.get('role')} message", where)
+            continue
+        usable.append((message, text.strip()))
+    return usable
+
+
+def visit_prompter(message, text: str, path: list[str], group: str, data: Collector, where: str):
+    """Add the examples rooted at one prompter message; path = the turns before it."""
+    turns = path + [text]
+    prompt = join_turns(turns)
+    data.add_prompt(group, prompt, where)
+    replies = messages(message, "assistant", data, where)
+    ranked = [(m, t) for m, t in replies if isinstance(m.get("rank"), int)]
+    ranked.sort(key=lambda mt: mt[0]["rank"])  # rank 0 = best
+    for _ in range(len(replies) - len(ranked)):
+        data.skip("comparisons: unranked reply left out", where)
+    if ranked:
+        data.add_comparison(group, prompt, [t for _, t in ranked], where)
+        data.add_sft(group, prompt, ranked[0][1], where)
+    for reply, reply_text in replies:  # unranked replies still lead to prompts and rankings further down
+        for child, child_text in messages(reply, "prompter", data, where):
+            visit_prompter(child, child_text, turns + [reply_text], group, data, where)
+
+
+def convert(src, data: Collector, lang: str | None = None) -> int:
+    """Feed the trees of one file to data; returns the number of trees read."""
+    n = 0
+    for where, tree in iter_json(src):
+        n += 1
+        if not isinstance(tree, dict) or not isinstance(tree.get("prompt"), dict):
+            data.skip("trees: field 'prompt' is missing or not an object", where)
+            continue
+        root = tree["prompt"]
+        if lang and root.get("lang") != lang:
+            data.skip(f"trees: language is not '{lang}'", where)
+            continue
+        group = str(tree.get("message_tree_id") or root.get("message_id") or where)
+        # the root is the only message without a parent; wrap it so that messages() checks it like the rest
+        for message, text in messages({"role": None, "replies": [root]}, "prompter", data, where):
+            visit_prompter(message, text, [], group, data, where)
+    return n
+
+
+@reports_errors
+def main(argv=None) -> int:
+    parser = converter_args(__doc__, HERE, max_chars=4000)
+    parser.add_argument("--lang", default=None, help="keep only trees whose first message has this language")
+    args = parser.parse_args(argv)
+    srcs = args.src or [fetch([URL], HERE / "downloads" / URL.rsplit("/", 1)[1])]
+    data = Collector(["comparisons", "sft", "prompts"], args.max_chars)
+    for src in srcs:
+        print(f"read {convert(src, data, args.lang)} trees from {src}")
+    data.write(args.out, args.val_fraction, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

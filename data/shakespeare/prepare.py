@@ -1,0 +1,73 @@
+"""
+Any plain-text file (tiny Shakespeare by default) -> pretraining text, in data/shakespeare/.
+
+The text is cut at blank lines into paragraphs (speeches, for Shakespeare), and consecutive paragraphs are
+packed into records of at most --max_chars characters; a paragraph longer than that is cut at line ends,
+and a line longer than that at --max_chars. Whole records then go to train or val (--val_fraction of them,
+picked by a seeded hash, so the split is the same on every run). Nothing is dropped except whitespace
+and exact duplicate records (counted).
+
+    python data/shakespeare/prepare.py --src ../shared/data/tinyshakespeare.txt
+    python data/shakespeare/prepare.py      # downloads char-rnn's tinyshakespeare input.txt, ~1 MB
+"""
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from data.formats import Collector, converter_args, fetch, read_lines, reports_errors  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def pieces(paragraph: str, max_chars: int) -> list[str]:
+    """A paragraph cut into parts of at most max_chars: at line ends, and inside over-long lines."""
+    if len(paragraph) <= max_chars:
+        return [paragraph]
+    lines = []
+    for line in paragraph.split("\n"):
+        lines += [line[i:i + max_chars] for i in range(0, len(line), max_chars)] or [""]
+    return pack(lines, "\n", max_chars)
+
+
+def pack(parts: list[str], sep: str, max_chars: int) -> list[str]:
+    """Greedily join consecutive parts (each <= max_chars) with sep into chunks of <= max_chars."""
+    chunks, current = [], ""
+    for part in parts:
+        if current and len(current) + len(sep) + len(part) > max_chars:
+            chunks.append(current)
+            current = part
+        else:
+            current = current + sep + part if current else part
+    return chunks + [current] if current else chunks
+
+
+def chunk_text(text: str, max_chars: int) -> list[str]:
+    """Paragraphs (split at blank lines) packed into chunks of at most max_chars characters."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return pack([piece for p in paragraphs for piece in pieces(p, max_chars)], "\n\n", max_chars)
+
+
+def convert(src, data: Collector) -> int:
+    """Feed the chunks of one text file to data; returns the number of characters read."""
+    text = "".join(line for _, line in read_lines(src))
+    for i, chunk in enumerate(chunk_text(text, data.max_chars)):
+        data.add_text(f"{src}#{i}", chunk, f"{src}: chunk {i}")
+    return len(text)
+
+
+@reports_errors
+def main(argv=None) -> int:
+    args = converter_args(__doc__, HERE, max_chars=1000).parse_args(argv)
+    srcs = args.src or [fetch([URL], HERE / "downloads" / "input.txt")]
+    data = Collector(["pretrain"], args.max_chars)
+    for src in srcs:
+        print(f"read {convert(src, data)} characters from {src}")
+    data.write(args.out, args.val_fraction, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
