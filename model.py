@@ -191,7 +191,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
@@ -618,13 +618,17 @@ class Runtime:
     def grad_scaler(self):
         return torch.amp.GradScaler("cuda", enabled=self.device_type == "cuda" and self.dtype == "float16")
 
-    def all_reduce_mean(self, value):
-        """Mean of a float over the ranks (identity in a single process)."""
+    def all_reduce_sum(self, value):
+        """Sum of a number over the ranks (identity in a single process)."""
         if not self.ddp:
-            return float(value)
-        t = torch.tensor(float(value), device=self.device)
+            return value
+        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
-        return t.item() / self.world_size
+        return t.item()
+
+    def all_reduce_mean(self, value):
+        """Mean of a number over the ranks (identity in a single process)."""
+        return self.all_reduce_sum(value) / self.world_size
 
 
 def setup_runtime(device="auto", dtype="auto", seed=1337):
