@@ -204,6 +204,7 @@ def write_jsonl(path, records) -> int:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a data file is ordinary
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -60,12 +60,16 @@ def dataset_tokenizer(data_dir, vocab="compact"):
         return Tokenizer()
     if vocab != "compact":
         raise ValueError(f"vocab must be 'compact' or 'gpt2', got {vocab!r}")
-    path = Path(data_dir) / "vocab.json"
-    if path.exists():
-        return Tokenizer.from_state(json.loads(path.read_text()))
     files = sorted(Path(data_dir).glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"{data_dir}: no *.jsonl files to build a vocabulary from (run its prepare.py)")
+    # rebuilt whenever the JSONL files change, so a regenerated dataset never meets a stale vocabulary
+    fingerprint = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    path = Path(data_dir) / "vocab.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("files") == fingerprint:
+            return Tokenizer.from_state(saved)
     texts = []
     for f in files:
         for _, rec in iter_json(f):
@@ -76,7 +80,7 @@ def dataset_tokenizer(data_dir, vocab="compact"):
             texts += [rec["answer"]] if isinstance(rec.get("answer"), str) else []
     tok = Tokenizer.build_compact(texts)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(tok.state()))
+    tmp.write_text(json.dumps({**tok.state(), "files": fingerprint}))
     os.replace(tmp, path)
     print(f"{path}: compact vocabulary of {tok.vocab_size} tokens from {len(files)} files")
     return tok
@@ -212,16 +216,17 @@ def length_bucketed_batches(lengths, batch_size, seed, bucket=64):
 
 @torch.no_grad()
 def generate_responses(model, tok, prompts, max_new_tokens=64, temperature=1.0, top_k=None, batch_size=64,
-                       device="cpu", autocast=None):
+                       device="cpu", autocast=None, prefix=""):
     """
-    Sample one response per text prompt through the chat template. Returns (texts, ended): the decoded
-    responses without their EOS, and whether each ended with EOS (False: it hit max_new_tokens).
+    Sample one response per text prompt through the chat template (after `prefix`, e.g. few-shot
+    demonstrations). Returns (texts, ended): the decoded responses without their EOS, and whether each
+    ended with EOS (False: it hit max_new_tokens).
     """
     was_training = model.training
     model.eval()
     texts, ended = [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = [encode_prompt(tok, p) for p in prompts[start:start + batch_size]]
+        chunk = [tok.encode(prefix + render_prompt(p)) for p in prompts[start:start + batch_size]]
         idx, mask = pad_left(chunk)
         max_new = min(max_new_tokens, model.config.block_size - idx.size(1))
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
