@@ -1,0 +1,243 @@
+"""Invariants of reward.py: the K-choose-2 ranking loss (InstructGPT eq. 1), reading rewards at the EOS,
+the demonstration normalisation, and a tiny end-to-end run that learns a ranking."""
+
+import math
+import random
+
+import pytest
+import torch
+
+import model as M
+import reward as R
+from data.formats import read_jsonl, render_prompt, render_response, write_jsonl
+from data.loader import encode_prompt, encode_response, pad_right
+
+# -----------------------------------------------------------------------------
+# ranking_loss
+
+
+def brute_force_loss(rewards, num_responses):
+    """Eq. 1 written as loops: per prompt, the mean of -log sigmoid(r_i - r_j) over pairs i < j < K."""
+    per_prompt = []
+    for b, K in enumerate(num_responses.tolist()):
+        pairs = [-math.log(1 / (1 + math.exp(-(rewards[b, i] - rewards[b, j]).item())))
+                 for i in range(K) for j in range(i + 1, K)]
+        assert len(pairs) == math.comb(K, 2)
+        per_prompt.append(sum(pairs) / len(pairs))
+    return sum(per_prompt) / len(per_prompt)
+
+
+def test_ranking_loss_matches_brute_force_pairs():
+    """ranking_loss equals the brute-force double loop over pairs, K from 2 to 9 mixed in one batch."""
+    torch.manual_seed(0)
+    num_responses = torch.tensor([2, 3, 4, 5, 6, 7, 8, 9, 2, 9, 5])
+    rewards = torch.randn(len(num_responses), 9, dtype=torch.float64) * 2
+    got = R.ranking_loss(rewards, num_responses).item()
+    assert got == pytest.approx(brute_force_loss(rewards, num_responses), rel=1e-6)
+    full = torch.randn(4, 6, dtype=torch.float64)  # num_responses=None: every column is real
+    assert R.ranking_loss(full).item() == pytest.approx(brute_force_loss(full, torch.full((4,), 6)), rel=1e-6)
+
+
+def test_ranking_loss_equal_rewards_is_log2():
+    """With all rewards equal every pair costs -log sigmoid(0) = log 2, and so does the loss."""
+    rewards = torch.full((3, 5), 1.7)
+    assert R.ranking_loss(rewards, torch.tensor([2, 5, 3])).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_ranking_loss_gradient_prefers_better_response():
+    """A gradient descent step raises the reward of a better-ranked response and lowers the worse one's."""
+    rewards = torch.zeros(1, 4, requires_grad=True)
+    R.ranking_loss(rewards).backward()
+    g = rewards.grad[0]
+    assert g[0] < 0 and g[-1] > 0  # descent moves along -g: best up, worst down
+    assert torch.all(g[:-1] < g[1:])  # and monotonically with the rank
+    pair = torch.tensor([[0.3, 0.9]], requires_grad=True)  # wrongly ordered pair: larger push
+    R.ranking_loss(pair).backward()
+    assert pair.grad[0, 0] < 0 < pair.grad[0, 1]
+    assert pair.grad[0, 0].item() == pytest.approx(-torch.sigmoid(torch.tensor(0.6)).item(), rel=1e-5)
+
+
+def test_ranking_loss_ignores_padding_columns():
+    """Values beyond each prompt's K change neither the loss nor the gradient of the real rewards."""
+    torch.manual_seed(1)
+    num_responses = torch.tensor([2, 5, 3])
+    real = torch.arange(6)[None] < num_responses[:, None]
+    base = torch.randn(3, 6)
+    garbage = torch.where(real, base, torch.randn(3, 6) * 1e6)
+    a, b = base.clone().requires_grad_(), garbage.clone().requires_grad_()
+    la, lb = R.ranking_loss(a, num_responses), R.ranking_loss(b, num_responses)
+    la.backward(), lb.backward()
+    assert la.item() == pytest.approx(lb.item(), rel=1e-6)
+    torch.testing.assert_close(a.grad, b.grad)
+    assert torch.all(b.grad[~real] == 0)
+    inf = garbage.masked_fill(~real, float("inf")).requires_grad_()  # even inf stays out
+    R.ranking_loss(inf, num_responses).backward()
+    torch.testing.assert_close(inf.grad, a.grad)
+
+
+def test_pad_rewards_lays_out_prompts_in_rows():
+    """Flat per-response rewards of prompts laid end to end land in row b, columns 0..K_b-1, zeros after."""
+    flat = torch.arange(1.0, 10.0)  # K = 2, 4, 3
+    out = R.pad_rewards(flat, torch.tensor([2, 4, 3]))
+    assert out.tolist() == [[1, 2, 0, 0], [3, 4, 5, 6], [7, 8, 9, 0]]
+
+
+# -----------------------------------------------------------------------------
+# reading rewards at the last token
+
+
+def tiny_rm(seed=0, vocab=40, block_size=32):
+    torch.manual_seed(seed)
+    m = M.GPT(M.GPTConfig(block_size=block_size, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16,
+                          scalar_head=True))
+    torch.nn.init.normal_(m.score_head.weight)  # a fresh head scores 0 everywhere: give it something to say
+    torch.nn.init.normal_(m.score_head.bias)
+    return m.eval()
+
+
+def test_rewards_at_last_token_reads_index_length_minus_one():
+    """rewards_at_last_token picks scores[b, lengths[b] - 1] for every row."""
+    scores = torch.arange(12.0).view(3, 4)
+    assert R.rewards_at_last_token(scores, torch.tensor([1, 4, 2])).tolist() == [0.0, 7.0, 9.0]
+
+
+def test_reward_is_read_at_last_real_token_whatever_the_padding():
+    """A sequence scored alone and inside a right-padded batch of longer sequences gets the same reward,
+    and that reward is the scalar head's output at its own last token."""
+    m = tiny_rm()
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 40, (n,), generator=g) for n in (5, 17, 9, 30)]
+    batch = R.score_sequences(m, seqs, "cpu")
+    for i, s in enumerate(seqs):
+        alone = R.score_sequences(m, [s], "cpu")[0]
+        scores, _ = m(s[None])
+        assert batch[i].item() == pytest.approx(alone.item(), abs=1e-5)
+        assert alone.item() == pytest.approx(scores[0, -1].item(), abs=1e-6)
+    # the pad value does not matter either: the reward of seqs[0] is the same with a different pad id
+    idx, lengths = pad_right(seqs, pad=39)
+    other = R.rewards_at_last_token(m(idx)[0], lengths)
+    torch.testing.assert_close(other, batch, atol=1e-5, rtol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# a tiny end-to-end run
+
+GOOD = ["yes", "sure", "glad", "happy", "kind"]
+BAD = ["no", "ugh", "sad", "bad", "mean"]
+
+
+def ranked_responses(rng, K):
+    """K distinct 4-word responses, best first: the more 'good' words, the better."""
+    counts = sorted(rng.sample(range(5), K), reverse=True)
+    out = []
+    for g in counts:
+        while True:
+            words = rng.sample(GOOD, g) + rng.sample(BAD, 4 - g)
+            rng.shuffle(words)
+            text = " ".join(words) + "."
+            if text not in out:
+                break
+        out.append(text)
+    return out
+
+
+def write_world(root, n_train=320, n_val=96, seed=0):
+    """comparisons_{train,val} with K = 2..4 and sft_train (the best response as the demonstration)."""
+    rng = random.Random(seed)
+    splits = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        recs = [{"prompt": f"Tell me about item {rng.randint(0, 99)}.",
+                 "responses": ranked_responses(rng, rng.randint(2, 4))} for _ in range(n)]
+        splits[split] = recs
+        write_jsonl(root / f"comparisons_{split}.jsonl", recs)
+    write_jsonl(root / "sft_train.jsonl",
+                [{"prompt": r["prompt"], "response": r["responses"][0]} for r in splits["train"][:64]])
+    texts = [render_prompt(r["prompt"]) for s in splits.values() for r in s]
+    texts += [render_response(x) for s in splits.values() for r in s for x in r["responses"]]
+    return M.Tokenizer.build_compact(texts)
+
+
+def write_lm_checkpoint(path, tok, stage="sft"):
+    torch.manual_seed(0)
+    lm = M.GPT(M.GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=32))
+    M.save_checkpoint(path, stage=stage, model=lm, run_config={}, tokenizer=tok)
+
+
+def train(root, out, *args, init="sft.pt"):
+    """reward.main on the tiny world in root, on the CPU, without the synthetic judge; returns its metrics."""
+    init = init if init == "resume" else root / init
+    return R.main([f"--init_from={init}", f"--data_dir={root}", f"--out_dir={out}", "--device=cpu",
+                   "--judge=false", "--eval_interval=0", *args])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rm")
+    write_lm_checkpoint(root / "sft.pt", write_world(root))
+    metrics = train(root, root / "out", "--batch_size=16", "--lr=3e-3", "--epochs=1.5",
+                    "--weight_decay=0", "--log_interval=5")
+    return metrics, root, root / "out"
+
+
+def test_tiny_run_beats_chance(tiny_run):
+    """Seconds of training on a learnable ranking give validation pairwise accuracy >= 0.75 (chance: 0.5)."""
+    metrics, _, out = tiny_run
+    assert metrics["val/acc"] >= 0.75, metrics
+    assert metrics["val/reward_rank0"] > metrics["val/reward_rank1"]  # the best response scores highest
+    assert (out / "metrics.jsonl").exists()
+
+
+def test_normalisation_bias_gives_demonstrations_mean_zero(tiny_run):
+    """After training, the head's bias (stored as reward_bias too) makes the demonstrations' mean reward 0."""
+    metrics, data, out = tiny_run
+    rm, tok, ckpt = M.load_model(str(out / "reward.pt"), stages=("reward",))
+    assert ckpt["reward_bias"] == pytest.approx(rm.score_head.bias.item())
+    assert ckpt["reward_bias"] != 0.0  # the trained head was not centred before
+    demos = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r["response"])
+             for r in read_jsonl(data / "sft_train.jsonl")]
+    rewards = R.score_sequences(rm.eval(), demos, "cpu")
+    assert rewards.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert rewards.std().item() > 1e-3  # centred, not collapsed
+
+
+@pytest.mark.parametrize("stage", ["reward", "ppo"])
+def test_wrong_stage_checkpoint_is_refused(tmp_path, stage):
+    """Starting the RM from a checkpoint that is not a language model raises CheckpointError naming it."""
+    write_lm_checkpoint(tmp_path / "x.pt", write_world(tmp_path, n_train=20, n_val=8), stage=stage)
+    with pytest.raises(M.CheckpointError, match=f"'{stage}' checkpoint; expected pretrain or sft"):
+        train(tmp_path, tmp_path / "out", init="x.pt")
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Continuing from resume.pt with --init_from=resume gives the weights of the uninterrupted run."""
+    write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=64, n_val=16))
+    args = ["--batch_size=8", "--max_steps=6", "--ckpt_interval=4"]
+    train(tmp_path, tmp_path / "out", *args)
+    straight = torch.load(tmp_path / "out" / "reward.pt", weights_only=True)["model"]
+    assert torch.load(tmp_path / "out" / "resume.pt", weights_only=True)["step"] == 4
+    train(tmp_path, tmp_path / "out", *args, init="resume")  # steps 5 and 6 again, from the step-4 state
+    resumed = torch.load(tmp_path / "out" / "reward.pt", weights_only=True)["model"]
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6)
+
+
+def test_nan_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
+    """A non-finite loss raises FloatingPointError naming the step, and no reward model is written."""
+    write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=32, n_val=8))
+    real_loss = R.ranking_loss
+    monkeypatch.setattr(R, "ranking_loss", lambda r, n=None: real_loss(r, n) * float("nan"))
+    with pytest.raises(FloatingPointError, match="step 0: the ranking loss is nan"):
+        train(tmp_path, tmp_path / "out", "--batch_size=8")
+    assert not (tmp_path / "out" / "reward.pt").exists()
+
+
+def test_micro_batches_give_the_same_update(tmp_path):
+    """Splitting each batch of prompts into micro-batches leaves the trained weights unchanged."""
+    write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=32, n_val=8))
+    weights = []
+    for micro in (0, 3):
+        train(tmp_path, tmp_path / f"out{micro}", "--batch_size=8", "--max_steps=2",
+              f"--micro_batch_size={micro}")
+        weights.append(torch.load(tmp_path / f"out{micro}" / "reward.pt", weights_only=True)["model"])
+    for k in weights[0]:
+        torch.testing.assert_close(weights[1][k], weights[0][k], rtol=0, atol=1e-6)
