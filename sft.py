@@ -184,10 +184,10 @@ def evaluate_loss(model, batches, n, rt):
 def rm_selection_score(model, tok, rm, prompts, cfg, rt):
     """The paper's SFT model selection: mean reward-model score of responses sampled for val prompts."""
     from reward import score_sequences  # reward.py builds on this file's outputs, so import it lazily
-    from data.loader import encode_prompt, encode_response
-    texts, ended = generate_responses(model, tok, prompts, cfg.max_new_tokens, device=rt.device,
-                                      autocast=rt.autocast)
-    seqs = [encode_prompt(tok, p) + encode_response(tok, t) for p, t in zip(prompts, texts)]
+    from data.loader import encode_prompt
+    _, _, tokens = generate_responses(model, tok, prompts, cfg.max_new_tokens, device=rt.device,
+                                      autocast=rt.autocast, return_tokens=True)
+    seqs = [encode_prompt(tok, p) + ids for p, ids in zip(prompts, tokens)]
     return score_sequences(rm, seqs, rt.device, rt.autocast).mean().item()
 
 

@@ -216,15 +216,16 @@ def length_bucketed_batches(lengths, batch_size, seed, bucket=64):
 
 @torch.no_grad()
 def generate_responses(model, tok, prompts, max_new_tokens=64, temperature=1.0, top_k=None, batch_size=64,
-                       device="cpu", autocast=None, prefix=""):
+                       device="cpu", autocast=None, prefix="", return_tokens=False):
     """
     Sample one response per text prompt through the chat template (after `prefix`, e.g. few-shot
     demonstrations). Returns (texts, ended): the decoded responses without their EOS, and whether each
-    ended with EOS (False: it hit max_new_tokens).
+    ended with EOS (False: it hit max_new_tokens). return_tokens=True adds the sampled token ids (with the
+    EOS when there is one): score those, not a re-encoding of the text, which need not give the same tokens.
     """
     was_training = model.training
     model.eval()
-    texts, ended = [], []
+    texts, ended, tokens = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = [tok.encode(prefix + render_prompt(p)) for p in prompts[start:start + batch_size]]
         idx, mask = pad_left(chunk)
@@ -236,5 +237,6 @@ def generate_responses(model, tok, prompts, max_new_tokens=64, temperature=1.0, 
             stop = row.index(tok.eos_id) if tok.eos_id in row else len(row)
             texts.append(tok.decode(row[:stop]).strip())
             ended.append(stop < len(row))
+            tokens.append(row[:stop + 1])
     model.train(was_training)
-    return texts, ended
+    return (texts, ended, tokens) if return_tokens else (texts, ended)

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data.formats import read_jsonl, read_split, render_prompt, render_response  # noqa: E402
-from data.loader import encode_prompt, encode_response, generate_responses, load_split, pad_left  # noqa: E402
+from data.loader import encode_prompt, generate_responses, load_split, pad_left  # noqa: E402
 from data.synthetic import HELDOUT_LABELERS, gold_score, judge_mean, win_rate  # noqa: E402
 from model import load_model  # noqa: E402
 
@@ -104,7 +104,8 @@ def main(argv=None):
         model, tok, ckpt = load_model(path, stages=("pretrain", "sft", "ppo"))
         model.eval()
         prefix = fewshot_prefix(args.data_dir) if mode == "fewshot" else ""
-        texts, ended = generate_responses(model, tok, prompts, args.max_new_tokens, args.temperature, prefix=prefix)
+        texts, ended, tokens = generate_responses(model, tok, prompts, args.max_new_tokens, args.temperature,
+                                                  prefix=prefix, return_tokens=True)
         if ckpt["stage"] == "pretrain":
             texts, ended = cut_at_next_turn(texts, ended)
         r = {"score": judge_mean(prompts, texts, HELDOUT_LABELERS, ended),
@@ -113,7 +114,7 @@ def main(argv=None):
              "ptx_loss": pretrain_loss(model, tok, args.data_dir, model.config.block_size),
              "probe": probe_accuracy(model, tok, args.data_dir)}
         if rm is not None:
-            seqs = [encode_prompt(tok, q) + encode_response(tok, t) for q, t in zip(prompts, texts)]
+            seqs = [encode_prompt(tok, q) + ids for q, ids in zip(prompts, tokens)]
             r["rm"] = score_sequences(rm, seqs, "cpu").mean().item()
         results[name], responses[name] = r, (texts, ended)
         print(f"{name}: " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)

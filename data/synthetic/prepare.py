@@ -3,7 +3,7 @@ Prepare the synthetic closed world: all four kinds of InstructGPT data, judged b
 
     python data/synthetic/prepare.py                      # default 1/5-of-the-paper sizes, ~15 s on 2 cores
     python data/synthetic/prepare.py --scale=0.1          # a tiny version (all split sizes x 0.1)
-    python data/synthetic/prepare.py --from_policy=out/sft/ckpt.pt   # "rinse and repeat": add policy samples
+    python data/synthetic/prepare.py --from_policy=out/sft/sft.pt   # "rinse and repeat": add policy samples
                                                                       # to the candidates the labelers rank
 
 Writes into --out (default data/synthetic/):
