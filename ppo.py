@@ -27,8 +27,6 @@ model depends on; the comments below cite them as "notes N".
 """
 
 import contextlib
-import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,7 +1,6 @@
 """Invariants of sft.py: the SFT loss mask, overfitting, resume, DDP equivalence and a tiny run."""
 
 import json
-import math
 import os
 import socket
 

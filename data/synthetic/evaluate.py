@@ -18,7 +18,6 @@ Responses are decoded greedily (temperature 0) so the numbers are reproducible; 
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
