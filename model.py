@@ -1,27 +1,24 @@
 """
-The GPT that every stage of the pipeline stands on, and the hand-offs the stages share.
+The GPT that every stage stands on, and everything that reads it.
 
     GPTConfig, GPT        a nanoGPT-style GPT-2 with GPT-2's parameter names, fused attention through
                           scaled_dot_product_attention, exact padded batches, a KV cache and a scalar head
-    logprobs_from_logits  log p(token) of given tokens, and entropy_from_logits
-    Tokenizer             tiktoken's GPT-2 BPE, optionally remapped to a compact vocabulary
+    pad_left, pad_right   the two batch layouts: left for generation, right for scoring and training
+    generate              the one sampling routine: prompts in, token ids, masks and `ended` out
+    response_logprobs     log p (and entropy) of the response tokens of prompt + response sequences
+    score_sequences       a scalar-head model read at each sequence's last token (the reward)
+    from_pretrained       OpenAI's GPT-2 weights, read without transformers and without unpickling
     save_checkpoint, load_checkpoint, load_model   one checkpoint file per stage, written atomically
-    parse_config          `--key=value` overrides for a stage's @dataclass config
-    setup_runtime         device / dtype / autocast / DDP choices made once, the same way in every stage
-    configure_optimizer, cosine_lr                  AdamW with the paper's betas and its cosine schedule
 
 References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), InstructGPT (Ouyang et al. 2022).
 """
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
-import sys
-import types
-import typing
+import shutil
 import urllib.request
 from dataclasses import dataclass
 
@@ -29,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from data.formats import atomic_write
 
 # -----------------------------------------------------------------------------
 # The model
@@ -157,7 +156,7 @@ class GPT(nn.Module):
         attention_mask (B, past + T): 1 for real tokens, 0 for padding, covering the cached positions too.
             Needed for left padding; right padding is exact without it (causal rows never see later pads).
         position_ids (B, T): default counts real tokens only, so a left-padded row gets the positions it
-            would have alone (RLHF_NOTES detail 3).
+            would have alone.
         kv_cache: a KVCache; this call appends its T positions after the cached ones.
         """
         B, T = idx.size()
@@ -193,41 +192,6 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, attention_mask=None, eos_id=None,
-                 use_cache=True):
-        """
-        nanoGPT's generate, extended for RLHF. idx (B, T): prompts; prompts of different lengths are
-        left-padded, with attention_mask (B, T) marking their real tokens. Samples up to max_new_tokens
-        per row from softmax(logits / temperature), top_k-truncated if asked (temperature 0: greedy).
-        A row that emits eos_id is done: its later tokens are eos_id, and generation stops when every
-        row is done. Returns (B, T + n) tokens, n <= max_new_tokens.
-        use_cache=False recomputes the whole sequence every step (the reference the KV cache is tested on).
-        """
-        B, T = idx.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(idx, dtype=torch.bool)
-        attention_mask = attention_mask.bool()
-        max_len = min(T + max_new_tokens, self.config.block_size)
-        cache = KVCache(self.config.n_layer, max_len) if use_cache else None
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        step_input = idx
-        for _ in range(max_len - T):
-            if use_cache:
-                logits, _ = self(step_input, attention_mask=attention_mask, kv_cache=cache)
-            else:
-                logits, _ = self(idx, attention_mask=attention_mask)
-            next_token = sample_next(logits[:, -1, :].float(), temperature, top_k)  # (B,)
-            if eos_id is not None:
-                next_token = torch.where(done, torch.full_like(next_token, eos_id), next_token)
-                done |= next_token == eos_id
-            idx = torch.cat([idx, next_token[:, None]], dim=1)
-            attention_mask = torch.cat([attention_mask, torch.ones_like(done)[:, None]], dim=1)
-            step_input = next_token[:, None]
-            if eos_id is not None and bool(done.all()):
-                break
-        return idx
 
     @classmethod
     def from_pretrained(cls, name_or_path, dropout=0.0):
@@ -268,15 +232,109 @@ class GPT(nn.Module):
         return model
 
 
-def sample_next(logits, temperature=1.0, top_k=None):
-    """One token per row from (B, V) logits. RLHF rollouts use temperature 1 and no top-k (RLHF_NOTES 5)."""
+# -----------------------------------------------------------------------------
+# Batches: left padding for generation, right padding for scoring and training
+
+
+def pad_right(seqs, pad=0):
+    """(B, T) right-padded sequences and their lengths (B,). Exact without a mask: causal attention never
+    lets a real position see a later pad."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    out = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+    return out, lengths
+
+
+def pad_left(seqs, pad=0):
+    """(B, T) left-padded sequences and their attention mask (B, T): prompts end in the same column, so
+    generation appends to every row at once."""
+    T = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, T - len(s):] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+            mask[i, T - len(s):] = True
+    return out, mask
+
+
+# -----------------------------------------------------------------------------
+# Sampling: the one routine behind rollouts, evaluation, comparison collection and printed samples
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generators=None):
+    """
+    One token per row of (B, V) logits from softmax(logits / temperature) (temperature 0: greedy; top_k:
+    truncated, never for RLHF rollouts, whose KL estimate it would bias). Gumbel-max: argmax(z + G) with
+    G = -log(-log U) is an exact sample of softmax(z). With generators (one per row) each row draws U
+    from its own generator, so its sample depends on that row alone, not on the batch it shares.
+    """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    z = logits.float() / temperature
     if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(-1)
+        kth = torch.topk(z, min(top_k, z.size(-1))).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if generators is None:
+        u = torch.rand_like(z)
+    else:
+        u = torch.stack([torch.rand(z.size(-1), generator=g, device=z.device) for g in generators])
+    return (z - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=None, eos_id=None, seeds=None,
+             use_cache=True, autocast=None):
+    """
+    Sample a response to each prompt (lists of token ids, left-padded into one batch) with the KV cache.
+    A row that emits eos_id is done (later columns are eos_id filler); sampling stops when all are done.
+    seeds (one int per row) make each row's sample a function of its seed alone (exact resume, DDP ==
+    one process); use_cache=False recomputes the sequence each step (the reference the cache is tested on).
+    Returns a dict of tensors on the model's device:
+      seqs (B, P + T)            left-padded prompts, then the sampled tokens
+      attention_mask (B, P + T)  1 on real prompt tokens and on response tokens up to and including the
+                                 first EOS; 0 on prompt padding and on the filler after EOS
+      prompt_len                 P, the padded prompt width: response token t sits in column P + t
+      responses (B, T), response_mask (B, T) float (1 up to and including EOS), ended (B,) bool
+    and response_lists: each row's real response tokens (with its EOS when it ended).
+    """
+    device = next(model.parameters()).device
+    idx, prompt_mask = (t.to(device) for t in pad_left(prompts))
+    B, P = idx.shape
+    max_new = min(max_new_tokens, model.config.block_size - P)
+    if max_new < 1:
+        raise ValueError(f"a prompt of {P} tokens leaves no room to answer in block_size {model.config.block_size}")
+    generators = None if seeds is None else [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+    cache = KVCache(model.config.n_layer, P + max_new) if use_cache else None
+    was_training = model.training
+    model.eval()
+    seqs, mask, step_input = idx, prompt_mask, idx
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    with autocast() if autocast else contextlib.nullcontext():
+        for _ in range(max_new):
+            logits, _ = model(step_input if use_cache else seqs, attention_mask=mask, kv_cache=cache)
+            token = sample_next(logits[:, -1], temperature, top_k, generators)  # (B,)
+            if eos_id is not None:
+                token = torch.where(done, eos_id, token)
+                done |= token == eos_id
+            seqs = torch.cat([seqs, token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(done)[:, None]], dim=1)
+            step_input = token[:, None]
+            if eos_id is not None and bool(done.all()):
+                break
+    model.train(was_training)
+    responses = seqs[:, P:]
+    is_eos = (responses == eos_id).long() if eos_id is not None else torch.zeros_like(responses)
+    response_mask = (is_eos.cumsum(1) - is_eos) == 0  # no EOS strictly before t: a real token (EOS included)
+    lengths = response_mask.sum(1).tolist()
+    return {"seqs": seqs, "attention_mask": torch.cat([prompt_mask, response_mask], dim=1), "prompt_len": P,
+            "responses": responses, "response_mask": response_mask.float(), "ended": is_eos.bool().any(1),
+            "response_lists": [row[:n] for row, n in zip(responses.tolist(), lengths)]}
+
+
+# -----------------------------------------------------------------------------
+# Reading the model: log-probabilities, entropy, and the scalar head at the last token
 
 
 def logprobs_from_logits(logits, tokens):
@@ -293,6 +351,45 @@ def entropy_from_logits(logits):
     """Entropy of softmax(logits): (B, T, V) -> (B, T). H = logsumexp(z) - sum softmax(z) * z."""
     logits = logits.float()
     return torch.logsumexp(logits, dim=-1) - (F.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def response_logprobs(model, seqs, attention_mask, prompt_len, temperature=1.0, with_entropy=False):
+    """
+    log p of each response token of (B, P + T) prompt + response sequences, (B, T) float32, from one
+    forward with the attention mask (left pads masked, positions counted over real tokens). Logits are
+    divided by the sampling temperature, so these are the logprobs of the distribution sampled from.
+    """
+    logits, _ = model(seqs, attention_mask=attention_mask)
+    logits = logits[:, prompt_len - 1:-1].float() / temperature  # the logits that predict response tokens
+    logprobs = logprobs_from_logits(logits, seqs[:, prompt_len:])
+    return (logprobs, entropy_from_logits(logits)) if with_entropy else logprobs
+
+
+def rewards_at_last_token(scores, lengths):
+    """scores (B, T) of right-padded sequences, lengths (B,) -> (B,) the score at index lengths - 1: the
+    EOS that closes each response, whatever padding follows it."""
+    lengths = torch.as_tensor(lengths, device=scores.device).long()
+    if bool((lengths < 1).any()) or bool((lengths > scores.size(1)).any()):
+        raise ValueError(f"lengths must be in [1, {scores.size(1)}], got {lengths.tolist()}")
+    return scores.gather(1, (lengths - 1)[:, None]).squeeze(1)
+
+
+def last_token_scores(model, seqs, autocast=None):
+    """(B,) float32 scores of token sequences (prompt + response + EOS) under a scalar-head model, from one
+    right-padded forward; differentiable (the reward model trains through it)."""
+    idx, lengths = pad_right([s.cpu() if torch.is_tensor(s) else s for s in seqs])
+    device = next(model.parameters()).device
+    with autocast() if autocast else contextlib.nullcontext():
+        scores, _ = model(idx.to(device))  # (B, T)
+    return rewards_at_last_token(scores.float(), lengths.to(device))
+
+
+@torch.no_grad()
+def score_sequences(model, seqs, autocast=None, batch_size=64):
+    """Rewards (B,) of token sequences under a frozen scalar-head model, batch_size sequences per forward.
+    The model's train/eval mode is left as it is."""
+    return torch.cat([last_token_scores(model, seqs[i:i + batch_size], autocast)
+                      for i in range(0, len(seqs), batch_size)])
 
 
 # -----------------------------------------------------------------------------
@@ -318,11 +415,11 @@ def download_gpt2(name):
         url = HF_URL.format(name=name, file=file)
         print(f"downloading {url} -> {path}")
         try:
-            urllib.request.urlretrieve(url, path + ".tmp")
+            with urllib.request.urlopen(url, timeout=60) as response, atomic_write(path, "wb") as f:
+                shutil.copyfileobj(response, f)
         except OSError as e:
-            raise RuntimeError(f"could not download {url} ({e}). On an offline machine, copy a GPT-2 "
-                               f"directory (config.json + model.safetensors) and pass its path instead.") from e
-        os.replace(path + ".tmp", path)
+            raise CheckpointError(f"could not download {url} ({e}). Offline? Copy a GPT-2 directory "
+                                  f"(config.json + model.safetensors) here and pass its path instead") from None
     return directory
 
 
@@ -357,73 +454,6 @@ def read_hf_weights(directory):
 
 
 # -----------------------------------------------------------------------------
-# Tokenizer
-
-
-class Tokenizer:
-    """
-    tiktoken's GPT-2 BPE with <|endoftext|> as EOS. With vocab (a list of GPT-2 ids) the ids are
-    remapped to a compact vocabulary, compact id i <-> GPT-2 id vocab[i]: a tiny model then spends its
-    compute on the few thousand tokens a dataset uses instead of a 50,257-way softmax (measured on a
-    2-core CPU: ~14x more training tokens/s for a 4-layer 128-wide GPT with 2,048 tokens instead of 50,257).
-    """
-
-    GPT2_EOS = 50256
-
-    def __init__(self, vocab=None):
-        import tiktoken  # imported here so that model.py alone needs no tokenizer files
-        self.enc = tiktoken.get_encoding("gpt2")
-        self.vocab = None if vocab is None else [int(t) for t in vocab]
-        if self.vocab is None:
-            self.eos_id, self.vocab_size = self.GPT2_EOS, self.enc.n_vocab
-        else:
-            if self.vocab[0] != self.GPT2_EOS:
-                raise ValueError("a compact vocabulary must start with <|endoftext|> (GPT-2 id 50256)")
-            self.to_compact = {g: i for i, g in enumerate(self.vocab)}
-            self.eos_id, self.vocab_size = 0, len(self.vocab)
-
-    @classmethod
-    def build_compact(cls, texts):
-        """The compact vocabulary of every GPT-2 token that occurs in texts, EOS first."""
-        import tiktoken
-        used = set()
-        for ids in tiktoken.get_encoding("gpt2").encode_ordinary_batch(list(texts)):
-            used.update(ids)
-        used.discard(cls.GPT2_EOS)
-        return cls([cls.GPT2_EOS] + sorted(used))
-
-    def encode(self, text):
-        ids = self.enc.encode_ordinary(text)
-        if self.vocab is None:
-            return ids
-        try:
-            return [self.to_compact[t] for t in ids]
-        except KeyError as e:
-            piece = self.enc.decode([e.args[0]])
-            raise ValueError(f"token {piece!r} of {text[:80]!r} is not in the compact vocabulary "
-                             f"({self.vocab_size} tokens); rebuild the vocabulary with this data or "
-                             f"use the full GPT-2 vocabulary") from None
-
-    def encode_batch(self, texts):
-        return [self.encode(t) for t in texts]
-
-    def decode(self, ids):
-        ids = [int(i) for i in ids]
-        if self.vocab is not None:
-            ids = [self.vocab[i] for i in ids if 0 <= i < self.vocab_size]
-        return self.enc.decode(ids)
-
-    def state(self):
-        return {"encoding": "gpt2", "vocab": self.vocab}
-
-    @classmethod
-    def from_state(cls, state):
-        if state.get("encoding") != "gpt2":
-            raise ValueError(f"unknown tokenizer state {state.get('encoding')!r}")
-        return cls(state["vocab"])
-
-
-# -----------------------------------------------------------------------------
 # Checkpoints: one file per stage, plain data only, written atomically
 
 CHECKPOINT_FORMAT = "rlhf-checkpoint-v1"
@@ -441,9 +471,9 @@ def unwrap(model):
 
 def save_checkpoint(path, *, stage, model, run_config, tokenizer, **extra):
     """
-    Write {format, stage, model (state dict), model_config, run_config, tokenizer, **extra} to path.
-    A temporary file and a rename make the write atomic: an interrupted save leaves the previous checkpoint.
-    extra holds plain data only (tensors, numbers, strings, lists, dicts): optimizer state, step, RNG state.
+    Write {format, stage, model (state dict), model_config, run_config, tokenizer, **extra} to path,
+    atomically: an interrupted save leaves the previous checkpoint. extra holds plain data only (tensors,
+    numbers, strings, lists, dicts), so that loading needs no unpickling of arbitrary objects.
     """
     model = unwrap(model)
     ckpt = {
@@ -455,17 +485,8 @@ def save_checkpoint(path, *, stage, model, run_config, tokenizer, **extra):
         "tokenizer": tokenizer.state(),
         **extra,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def load_checkpoint(path, stages=None):
@@ -485,7 +506,7 @@ def load_checkpoint(path, stages=None):
 
 def load_model(ckpt, device="cpu", stages=None, scalar_head=None, dropout=None):
     """
-    (model, tokenizer, ckpt) from a checkpoint path or dict. scalar_head=True on a language-model checkpoint
+    (model, checkpoint) from a checkpoint path or dict. scalar_head=True on a language-model checkpoint
     gives the reward model's starting point: the same transformer with a fresh scalar head; scalar_head=False
     on a reward checkpoint is refused (its unembedding is gone).
     """
@@ -502,200 +523,13 @@ def load_model(ckpt, device="cpu", stages=None, scalar_head=None, dropout=None):
     if dropout is not None:
         config.dropout = dropout
     model = GPT(config)
-    check_state(model, state, name, allow_missing=("score_head.",) if scalar_head else ())
-    model.load_state_dict(state, strict=False)
-    return model.to(device), Tokenizer.from_state(ckpt["tokenizer"]), ckpt
-
-
-def check_state(model, state, name, allow_missing=()):
-    """A clear error when a state dict does not fit the model (another config, another vocabulary)."""
     expected = model.state_dict()
-    problems = [f"missing {k}" for k in expected if k not in state and not k.startswith(allow_missing)]
+    fresh = ("score_head.",) if scalar_head else ()
+    problems = [f"missing {k}" for k in expected if k not in state and not k.startswith(fresh)]
     problems += [f"unexpected {k}" for k in state if k not in expected]
     problems += [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     if problems:
         raise CheckpointError(f"{name} does not match the model config: " + "; ".join(problems[:6]))
-
-
-# -----------------------------------------------------------------------------
-# Configuration: a stage's @dataclass, overridden by --key=value
-
-
-def field_comments(cls):
-    """The trailing `# comment` of each field in the dataclass source: the --help text."""
-    comments = {}
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return comments
-    for line in source.splitlines():
-        head, _, comment = line.partition("  #")
-        name = head.strip().split(":")[0]
-        if comment and name.isidentifier():
-            comments[name] = comment.strip()
-    return comments
-
-
-def parse_value(text, tp, name):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):  # Optional[X] / X | None
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if text.lower() == "none":
-            return None
-        return parse_value(text, args[0], name)
-    if tp is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SystemExit(f"--{name} takes true or false, got {text!r}")
-    if origin is tuple:
-        return tuple(parse_value(t, typing.get_args(tp)[0], name) for t in text.split(","))
-    try:
-        return tp(text)
-    except ValueError:
-        raise SystemExit(f"--{name} takes a {tp.__name__}, got {text!r}") from None
-
-
-def parse_config(cls, argv=None):
-    """
-    An instance of the @dataclass cls with `--key=value` overrides from argv (default sys.argv[1:]).
-    A bare `--flag` sets a bool field to true. `--help` lists every field, its default and its comment.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if any(a in ("-h", "--help") for a in argv):
-        comments = field_comments(cls)
-        print(f"{(cls.__doc__ or cls.__name__).strip()}\n\noptions (--key=value):")
-        for name in fields:
-            default = getattr(cls(), name)
-            print(f"  --{name}={default!r:<12} {comments.get(name, '')}")
-        raise SystemExit(0)
-    overrides = {}
-    for arg in argv:
-        if not arg.startswith("--"):
-            raise SystemExit(f"expected --key=value, got {arg!r} (see --help)")
-        key, eq, value = arg[2:].partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown option --{key} (see --help)")
-        if not eq:
-            if hints[key] is not bool:
-                raise SystemExit(f"--{key} needs a value: --{key}=...")
-            value = "true"
-        overrides[key] = parse_value(value, hints[key], key)
-    return cls(**overrides)
-
-
-# -----------------------------------------------------------------------------
-# Runtime: device, precision and distributed setup, chosen once the same way in every stage
-
-
-@dataclass
-class Runtime:
-    device: str
-    device_type: str
-    dtype: str  # float32 | bfloat16 | float16
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    @property
-    def ddp(self):
-        return self.world_size > 1
-
-    def autocast(self):
-        """Mixed precision on CUDA (bf16, or fp16 with a GradScaler); plain fp32 elsewhere."""
-        if self.device_type == "cuda" and self.dtype != "float32":
-            return torch.autocast("cuda", dtype=getattr(torch, self.dtype))
-        return contextlib.nullcontext()
-
-    def grad_scaler(self):
-        return torch.amp.GradScaler("cuda", enabled=self.device_type == "cuda" and self.dtype == "float16")
-
-    def all_reduce_sum(self, value):
-        """Sum of a number over the ranks (identity in a single process)."""
-        if not self.ddp:
-            return value
-        t = torch.tensor(float(value), dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.item()
-
-    def all_reduce_mean(self, value):
-        """Mean of a number over the ranks (identity in a single process)."""
-        return self.all_reduce_sum(value) / self.world_size
-
-
-def setup_runtime(device="auto", dtype="auto", seed=1337):
-    """
-    Device cuda > mps > cpu unless named; dtype bf16 on CUDA where supported, else fp16, fp32 off CUDA.
-    Under torchrun (RANK set) it joins the process group: nccl on CUDA, gloo on CPU, one device per rank.
-    Each rank seeds with seed + rank so their rollouts and dropout masks differ.
-    """
-    rank, world_size, local_rank = 0, 1, 0
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device == "cuda" and world_size > 1:
-        device = f"cuda:{local_rank}"
-    device_type = device.split(":")[0]
-    if world_size > 1:
-        if device_type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    if dtype == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if device_type == "cpu":
-        # Tiny activations and gradients underflow to denormals, which this CPU handles in microcode:
-        # measured 10-50x slower backward passes of a small GPT. Flushing them to zero costs nothing.
-        torch.set_flush_denormal(True)
-    torch.manual_seed(seed + rank)
-    return Runtime(device, device_type, dtype, rank, world_size, local_rank)
-
-
-# -----------------------------------------------------------------------------
-# Optimisation
-
-
-def configure_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu"):
-    """AdamW with weight decay on matrices only (not biases, LayerNorms); fused on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device_type == "cuda")
-
-
-def cosine_lr(step, total_steps, peak_lr, warmup_steps=0, final_ratio=0.1):
-    """Linear warmup, then cosine decay from peak_lr to final_ratio * peak_lr at total_steps (InstructGPT: 10%)."""
-    if step < warmup_steps:
-        return peak_lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return peak_lr * (final_ratio + (1 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def estimate_mfu(model, tokens_per_second, device):
-    """Model FLOPs utilisation (PaLM appendix B: 6N + 12 L T d per token) against the GPU's bf16 peak."""
-    if not str(device).startswith("cuda"):
-        return None
-    cfg = unwrap(model).config
-    flops_per_token = 6 * unwrap(model).num_params() + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
-    name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12,
-                                "A10": 125e12, "4090": 165e12}.items() if k in name), None)
-    return None if peak is None else flops_per_token * tokens_per_second / peak
-
-
-def append_jsonl(path, record):
-    """One line of metrics per logged step."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    model.load_state_dict(state, strict=False)
+    return model.to(device), ckpt

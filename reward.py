@@ -1,26 +1,21 @@
 """
-Step 2 of InstructGPT: the reward model (RM), trained on rankings with the K-choose-2 loss (eq. 1).
+Step 2 of InstructGPT (section 3.5): the reward model (RM), trained on rankings with the K-choose-2 loss.
 
 The SFT model loses its unembedding and gains a scalar head; the reward of a response is the head's output
 at the response's final (EOS) token. Labelers ranked K responses per prompt, and, as in the paper, all
-C(K, 2) pairs of one prompt form a single batch element: the K responses are forwarded once, every pair
-(i better than j) adds -log sigmoid(r_i - r_j), and the pair losses are averaged per prompt. After training
-the head's bias is set so the labelers' demonstrations (the SFT data) get mean reward 0.
+C(K, 2) pairs of one prompt form a single batch element (eq. 1): the K responses are forwarded once, every
+pair (i better than j) adds -log sigmoid(r_i - r_j), and the pair losses are averaged per prompt. After
+training, the head's bias is set so that the labelers' demonstrations (the SFT data) get mean reward 0.
 
 Tiny CPU run on the synthetic world (after `python data/synthetic/prepare.py` and `python sft.py`):
 
     python reward.py                                   # -> out/reward/reward.pt, out/reward/metrics.jsonl
+    python reward.py --init_from=resume                # continue an interrupted run from out/reward/resume.pt
 
-GPU, on Anthropic HH-RLHF (K = 2) from a GPT-2 SFT model:
+GPU, on Anthropic HH-RLHF (K = 2) from a GPT-2 SFT model, and on 8 GPUs (64 prompts per step in all):
 
-    python reward.py --init_from=out/sft/sft.pt --data_dir=data/hh_rlhf --out_dir=out/reward_hh \
-        --batch_size=64 --lr=9e-6 --eval_interval=200
-    torchrun --nproc_per_node=8 reward.py --init_from=out/sft/sft.pt --data_dir=data/hh_rlhf \
-        --out_dir=out/reward_hh --batch_size=8 --lr=9e-6     # 8 x 8 = 64 prompts per step
-
-Resume an interrupted run (Ctrl-C saves out_dir/resume.pt): add --init_from=resume. `--help` lists options.
-Importable losses and helpers (used by ppo.py and the tests): ranking_loss, rewards_at_last_token,
-score_sequences.
+    python reward.py --data_dir=data/hh_rlhf --out_dir=out/reward_hh --batch_size=64 --lr=9e-6
+    torchrun --standalone --nproc_per_node=8 reward.py --data_dir=data/hh_rlhf --batch_size=64 --lr=9e-6
 """
 
 import contextlib
@@ -28,30 +23,30 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import model as M
+from common import (Interrupt, MetricsLog, check_finite, configure_optimizer, cosine_lr, load_lm, load_resume,
+                    optimizer_step, parse_config, run, save_resume, set_lr, setup_runtime, vocabulary_of)
+from data import load_judge
 from data.formats import read_split
-from data.loader import length_bucketed_batches, load_split, pad_right
-
-REPO = Path(__file__).resolve().parent
+from data.loader import fitting, length_bucketed_batches, load_split
+from model import last_token_scores, load_model, save_checkpoint, score_sequences
 
 
 @dataclass
 class RewardConfig:
     """Train a reward model on ranked comparisons (InstructGPT step 2, eq. 1)."""
-    init_from: str = "out/sft/sft.pt"  # 'pretrain' or 'sft' checkpoint to start from, or 'resume'
+    init_from: str = "out/sft/sft.pt"  # the SFT (or pretrain) checkpoint whose transformer it starts from | resume
     data_dir: str = "data/synthetic"  # comparisons_{train,val}.jsonl; sft_train.jsonl for the bias
     out_dir: str = "out/reward"  # reward.pt, resume.pt and metrics.jsonl go here
     epochs: float = 1.0  # passes over the training prompts (the paper: 1; more epochs overfit)
     max_steps: int = 0  # if > 0, train this many steps instead (the lr schedule spans them)
-    batch_size: int = 32  # prompts per step (per rank), each with all K responses (the paper: 64)
-    micro_batch_size: int = 0  # prompts per forward/backward pass; 0 = the whole batch. Same gradient
+    batch_size: int = 32  # prompts per step, all ranks, each with all K responses (the paper: 64)
+    micro_batch_size: int = 0  # prompts per forward/backward pass and rank; 0 = all of them. Same gradient
     lr: float = 1e-3  # peak lr (the paper: 9e-6 for a 6B RM; the tiny model needs far more)
     final_lr_ratio: float = 0.1  # cosine decay to this fraction of the peak (the paper: 10%)
     warmup_steps: int = 0  # linear warmup steps (the paper: none)
@@ -63,17 +58,15 @@ class RewardConfig:
     eval_prompts: int = 500  # validation prompts per intermediate pass (the final pass uses all)
     eval_batch_size: int = 64  # prompts per forward pass when evaluating and scoring demonstrations
     log_interval: int = 10  # steps between metrics.jsonl lines
-    ckpt_interval: int = 200  # steps between resume.pt saves (0: only on Ctrl-C)
+    ckpt_interval: int = 200  # steps between resume.pt saves (Ctrl-C saves too)
     norm_demos: int = 0  # demonstrations scored for the bias; 0 = all of sft_train.jsonl
-    judge: bool = True  # on the synthetic world: agreement with its programmatic labelers at the end
-    device: str = "auto"  # auto | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA) | float32 | bfloat16 | float16
-    compile: bool = False  # torch.compile the model (CUDA)
-    seed: int = 1337  # torch seed and data order
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
+    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 elsewhere) | float32 | bfloat16
+    seed: int = 1337  # data order (and dropout)
 
 
 # -----------------------------------------------------------------------------
-# The loss (InstructGPT eq. 1) and reading rewards
+# The loss (InstructGPT eq. 1)
 
 
 def pair_mask(num_responses, k_max):
@@ -120,36 +113,6 @@ def pair_accuracy(rewards, num_responses):
     return (right * mask).sum(dim=(1, 2)), mask.sum(dim=(1, 2)).float()
 
 
-def rewards_at_last_token(scores, lengths):
-    """scores (B, T) of right-padded sequences, lengths (B,) -> (B,) the score at index lengths - 1: the
-    EOS that closes each response (RLHF_NOTES detail 1), whatever padding follows it."""
-    lengths = torch.as_tensor(lengths, device=scores.device).long()
-    if bool((lengths < 1).any()) or bool((lengths > scores.size(1)).any()):
-        raise ValueError(f"lengths must be in [1, {scores.size(1)}], got {lengths.tolist()}")
-    return scores.gather(1, (lengths - 1)[:, None]).squeeze(1)
-
-
-def sequence_rewards(model, seqs, device, autocast=None):
-    """(B,) float32 rewards of token sequences (prompt + response + EOS), one right-padded forward pass.
-    Right padding is exact without a mask: a causal row never attends to the pads after it."""
-    seqs = [s.cpu() if torch.is_tensor(s) else s for s in seqs]
-    idx, lengths = pad_right(seqs)
-    with autocast() if autocast else contextlib.nullcontext():
-        scores, _ = model(idx.to(device))  # (B, T)
-    return rewards_at_last_token(scores.float(), lengths.to(device))
-
-
-@torch.no_grad()
-def score_sequences(model, seqs, device, autocast=None):
-    """
-    Rewards of prompt+response token sequences under a scalar-head model: (B,) float32 tensor on device.
-    seqs: lists / arrays / tensors of token ids, each ending with the response's EOS, at most block_size.
-    One forward pass, no gradient; the model's train/eval mode is left as it is (use eval() for a frozen RM).
-    autocast: a callable giving a context manager, e.g. Runtime.autocast.
-    """
-    return sequence_rewards(model, seqs, device, autocast)
-
-
 def pad_rewards(flat, num_responses):
     """(sum K,) rewards of prompts laid end to end -> (B, K_max), zero beyond each prompt's K."""
     num_responses = num_responses.to(flat.device)
@@ -158,6 +121,7 @@ def pad_rewards(flat, num_responses):
     start = torch.cumsum(num_responses, 0) - num_responses
     col = torch.arange(len(flat), device=flat.device) - start[row]
     return flat.new_zeros(B, K).index_put((row, col), flat)
+
 
 
 # -----------------------------------------------------------------------------
@@ -173,17 +137,11 @@ class Comparisons:
         owner = np.repeat(np.arange(len(group) - 1), np.diff(group))  # prompt of each response
         total = self.data.responses.lengths + self.data.prompts.lengths[owner]
         longest = np.maximum.reduceat(total, group[:-1])  # per prompt: its longest prompt + response
-        self.ids = np.nonzero(longest <= block_size)[0]  # kept prompts, as indices into the split
-        self.longest = longest[self.ids]
-        self.k = np.diff(group)[self.ids]
-        skipped = len(longest) - len(self.ids)
+        self.ids = fitting(longest, block_size, f"{self.data.name}: prompts", master)  # indices into the split
+        self.longest, self.k = longest[self.ids], np.diff(group)[self.ids]
         if master:
-            note = (f"; skipped {skipped} prompts with a prompt + response longer than block_size "
-                    f"{block_size}" if skipped else "")
             print(f"{self.data.name}: {len(self.ids)} prompts, K = {self.k.min()}..{self.k.max()}, "
-                  f"{int(self.k.sum())} responses{note}")
-        if len(self.ids) == 0:
-            raise ValueError(f"{self.data.name}: no prompt fits block_size {block_size}")
+                  f"{int(self.k.sum())} responses")
 
     def __len__(self):
         return len(self.ids)
@@ -200,31 +158,17 @@ class Comparisons:
         return seqs, torch.tensor(num_responses)
 
 
-def synthetic_judge(cfg, master=True):
-    """The synthetic world's labelers (compare, TRAIN_LABELERS, HELDOUT_LABELERS) when data_dir is that world
-    and its judge API is importable; None otherwise."""
-    if not cfg.judge or Path(cfg.data_dir).resolve() != (REPO / "data" / "synthetic").resolve():
-        return None
-    try:
-        from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, compare
-    except ImportError as e:
-        if master:
-            print(f"warning: the synthetic judge API is not importable ({e}); no labeler-agreement metrics")
-        return None
-    return compare, TRAIN_LABELERS, HELDOUT_LABELERS
-
-
 # -----------------------------------------------------------------------------
-# Evaluation
+# Evaluation and the normalisation
 
 
 @torch.no_grad()
 def evaluate(model, val, rows, rt, batch_size, judge=None, texts=None, show=0):
     """
-    Validation metrics over val's prompts `rows` (split among the ranks and reduced): loss (eq. 1),
-    pairwise accuracy overall and by K, mean reward per rank position, and, with judge and texts (the raw
-    records of the split), how often the RM's pairwise preference agrees with the training and held-out
-    labelers' own judgments. show: print that many prompts with their rewards.
+    Validation over val's prompts `rows` (split among the ranks, reduced): loss (eq. 1), pairwise accuracy
+    overall and by K, mean reward per rank position and, where the data has a judge, how often the RM's
+    preference in a pair agrees with the training and the held-out labelers' own verdicts.
+    show: print that many prompts with their rewards.
     """
     was_training = model.training
     model.eval()
@@ -232,14 +176,13 @@ def evaluate(model, val, rows, rt, batch_size, judge=None, texts=None, show=0):
     sums = {"loss": 0.0, "prompts": 0.0, "correct": 0.0, "pairs": 0.0}
     sums.update({f"{n}_k{k}": 0.0 for k in ks for n in ("correct", "pairs")})
     sums.update({f"{n}_rank{r}": 0.0 for r in range(k_max) for n in ("reward", "count")})
-    if judge:
-        sums.update({f"{n}_{who}": 0.0 for who in ("train", "heldout") for n in ("agree", "judged")})
-    mine = rows[rt.rank::rt.world_size]  # each rank a strided slice
+    sums.update({f"{n}_{who}": 0.0 for who in ("train", "heldout") for n in ("agree", "judged")} if judge else {})
+    mine = rows[rt.rank::rt.world_size]
     order = mine[np.argsort(val.longest[mine], kind="stable")]  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         seqs, num_responses = val.batch(chunk)
-        rewards = pad_rewards(sequence_rewards(model, seqs, rt.device, rt.autocast), num_responses)  # (B, K)
+        rewards = pad_rewards(last_token_scores(model, seqs, rt.autocast), num_responses)  # (B, K)
         num_responses = num_responses.to(rewards.device)
         correct, pairs = pair_accuracy(rewards, num_responses)
         sums["loss"] += ranking_loss(rewards, num_responses).item() * len(chunk)
@@ -250,282 +193,165 @@ def evaluate(model, val, rows, rt, batch_size, judge=None, texts=None, show=0):
             sums[f"correct_k{k}"] += correct[num_responses == k].sum().item()
             sums[f"pairs_k{k}"] += pairs[num_responses == k].sum().item()
         for r in range(rewards.size(1)):
-            real = num_responses > r
-            sums[f"reward_rank{r}"] += rewards[real, r].sum().item()
-            sums[f"count_rank{r}"] += real.sum().item()
+            sums[f"reward_rank{r}"] += rewards[num_responses > r, r].sum().item()
+            sums[f"count_rank{r}"] += (num_responses > r).sum().item()
         rewards = rewards.cpu().tolist()
-        if judge:
-            compare, train_labelers, heldout_labelers = judge
-            for b, i in enumerate(val.ids[chunk]):
-                rec = texts[i]
-                K = len(rec["responses"])
-                for x in range(K):
-                    for y in range(x + 1, K):
-                        d = rewards[b][x] - rewards[b][y]
-                        pref = (d > 0) - (d < 0)  # the RM's judgment of the pair: +1 prefers x, -1 prefers y
-                        for who, labelers in (("train", train_labelers), ("heldout", heldout_labelers)):
-                            for lab in labelers:
-                                c = compare(rec["prompt"], rec["responses"][x], rec["responses"][y], lab)
-                                if c != 0:  # a labeler's tie (identical scores) says nothing
-                                    sums[f"agree_{who}"] += 1.0 if pref == c else 0.5 if pref == 0 else 0.0
-                                    sums[f"judged_{who}"] += 1
-        if rt.master and start == 0 and show and texts is not None:
-            for b, i in enumerate(val.ids[chunk[:show]]):
-                rec = texts[i]
-                print(f"  prompt: {rec['prompt'][:100]!r}")
-                for x, resp in enumerate(rec["responses"]):
-                    print(f"    rank {x}  reward {rewards[b][x]:+.3f}  {resp[:80]!r}")
-    sums = {k: rt.all_reduce_mean(v) for k, v in sums.items()}  # mean of sums: the ratios below are exact
+        records = [texts[i] for i in val.ids[chunk]] if texts is not None else []
+        for rec, rw in zip(records if judge else [], rewards):
+            for who, (agree, judged) in judge.agreement(rec["prompt"], rec["responses"], rw).items():
+                sums[f"agree_{who}"] += agree
+                sums[f"judged_{who}"] += judged
+        for rec, rw in zip(records[:show] if rt.master and start == 0 else [], rewards):
+            print(f"  prompt: {rec['prompt'][:100]!r}")
+            for x, resp in enumerate(rec["responses"]):
+                print(f"    rank {x}  reward {rw[x]:+.3f}  {resp[:80]!r}")
+    sums = {k: rt.sum(v) for k, v in sums.items()}
     out = {"val/loss": sums["loss"] / sums["prompts"], "val/acc": sums["correct"] / sums["pairs"]}
-    out.update({f"val/acc_k{k}": sums[f"correct_k{k}"] / sums[f"pairs_k{k}"]
-                for k in ks if sums[f"pairs_k{k}"]})
+    out.update({f"val/acc_k{k}": sums[f"correct_k{k}"] / sums[f"pairs_k{k}"] for k in ks if sums[f"pairs_k{k}"]})
     out.update({f"val/reward_rank{r}": sums[f"reward_rank{r}"] / sums[f"count_rank{r}"]
                 for r in range(k_max) if sums[f"count_rank{r}"]})
-    if judge:
-        for who in ("train", "heldout"):
-            if sums[f"judged_{who}"]:
-                out[f"val/judge_acc_{who}"] = sums[f"agree_{who}"] / sums[f"judged_{who}"]
+    out.update({f"val/judge_acc_{who}": sums[f"agree_{who}"] / sums[f"judged_{who}"]
+                for who in ("train", "heldout") if sums.get(f"judged_{who}")})
     model.train(was_training)
     return out
 
 
 @torch.no_grad()
 def demonstration_mean_reward(model, data_dir, tok, rt, batch_size, limit=0):
-    """(mean reward, count) of the labelers' demonstrations, sft_train.jsonl's prompt + response, or None
-    when data_dir has none. The normalisation InstructGPT applies after training the RM."""
-    if not (Path(data_dir) / "sft_train.jsonl").exists():
+    """(mean reward, count) of the labelers' demonstrations (sft_train.jsonl's prompt + response), or None
+    when data_dir has none: the normalisation InstructGPT applies after training the RM."""
+    if not os.path.exists(os.path.join(data_dir, "sft_train.jsonl")):
         return None
     was_training = model.training
     model.eval()
     sft = load_split(data_dir, "sft", "train", tok)
     lengths = sft.prompts.lengths + sft.responses.lengths
-    fits = np.nonzero(lengths <= model.config.block_size)[0]
-    if limit:
-        fits = fits[:limit]
+    fits = fitting(lengths, model.config.block_size, "demonstrations", rt.master)[:limit or None]
     mine = fits[rt.rank::rt.world_size]
     mine = mine[np.argsort(lengths[mine], kind="stable")]
-    total, count = 0.0, 0
-    for start in range(0, len(mine), batch_size):
-        seqs = [np.concatenate([sft.prompts[i], sft.responses[i]]) for i in mine[start:start + batch_size]]
-        total += score_sequences(model, seqs, rt.device, rt.autocast).double().sum().item()
-        count += len(seqs)
+    seqs = [np.concatenate([sft.prompts[i], sft.responses[i]]) for i in mine]
+    total = score_sequences(model, seqs, rt.autocast, batch_size).double().sum().item() if seqs else 0.0
     model.train(was_training)
-    total, count = rt.all_reduce_mean(total), rt.all_reduce_mean(count)
-    if count == 0:
-        return None
-    return total / count, round(count * rt.world_size)
-
-
-# -----------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_resume(path, model, optimizer, cfg, tok, step):
-    """Everything needed to continue the run exactly: weights, optimizer state, step, RNG state."""
-    extra = {"optimizer": optimizer.state_dict(), "step": step, "rng": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        extra["cuda_rng"] = torch.cuda.get_rng_state()
-    M.save_checkpoint(path, stage="reward", model=model, run_config=cfg, tokenizer=tok, resume=True, **extra)
-
-
-def load_start(cfg, rt):
-    """(model, tokenizer, resume checkpoint or None): the SFT model with a fresh scalar head, or the run
-    saved in out_dir/resume.pt."""
-    if cfg.init_from == "resume":
-        path = os.path.join(cfg.out_dir, "resume.pt")
-        ckpt = M.load_checkpoint(path, stages=("reward",))
-        if not ckpt.get("resume"):
-            raise M.CheckpointError(f"{path}: a finished reward model, not a resume file (no optimizer)")
-        model, tok, ckpt = M.load_model(ckpt, rt.device, scalar_head=True, dropout=cfg.dropout)
-        return model, tok, ckpt
-    # A language model's transformer with a fresh (zero) scalar head; a reward or PPO checkpoint is refused.
-    model, tok, _ = M.load_model(cfg.init_from, rt.device, stages=("pretrain", "sft"), scalar_head=True,
-                                 dropout=cfg.dropout)
-    return model, tok, None
+    return rt.sum(total) / len(fits), len(fits)
 
 
 # -----------------------------------------------------------------------------
 
 
 def main(argv=None):
-    cfg = M.parse_config(RewardConfig, argv)
-    rt = M.setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    if rt.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    cfg = argv if isinstance(argv, RewardConfig) else parse_config(RewardConfig, argv)
+    rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    resume_path = os.path.join(cfg.out_dir, "resume.pt")
 
-    # 1. the model: SFT transformer + scalar head (or the interrupted run)
-    model, tok, resume = load_start(cfg, rt)
-    raw_model = model
+    # 1. the model: the SFT transformer with a fresh (zero) scalar head in place of the unembedding
+    source = resume_path if cfg.init_from == "resume" else cfg.init_from
+    model, tok, ckpt = load_lm(source, rt.device, stages=("resume",) if source == resume_path else ("pretrain", "sft"),
+                               scalar_head=True, dropout=cfg.dropout, default=cfg.init_from == RewardConfig.init_from)
     block_size = model.config.block_size
-    if rt.master:
-        print(f"init from {cfg.init_from}: {model.num_params() / 1e6:.2f}M parameters, "
-              f"block_size {block_size}, vocab {tok.vocab_size}, device {rt.device}, dtype {rt.dtype}, "
-              f"world size {rt.world_size}")
 
-    # 2. data: prompts with their K ranked responses; too-long prompts skipped (counted)
-    train = Comparisons(cfg.data_dir, "train", tok, block_size, rt.master)
-    val = Comparisons(cfg.data_dir, "val", tok, block_size, rt.master)
-    val_texts = read_split(cfg.data_dir, "comparisons", "val")  # raw text: the judge and printed samples
-    judge = synthetic_judge(cfg, rt.master)
-    rng = np.random.default_rng(cfg.seed)
-    eval_rows = np.arange(len(val))  # intermediate evaluations: a fixed random subset
-    if cfg.eval_prompts:
-        eval_rows = np.sort(rng.permutation(len(val))[:cfg.eval_prompts])
-
-    # Each rank takes a strided slice of every epoch's batches, cut to the same count on every rank.
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size) // rt.world_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} training prompts do not fill one batch per rank")
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    epoch_batches = {}
+    # 2. data: prompts with their K ranked responses, longest first dropped if they do not fit
+    with vocabulary_of(source, cfg.data_dir):
+        train = Comparisons(cfg.data_dir, "train", tok, block_size, rt.master)
+        val = Comparisons(cfg.data_dir, "val", tok, block_size, rt.master)
+    val_texts, judge = read_split(cfg.data_dir, "comparisons", "val"), load_judge(cfg.data_dir)
+    eval_rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(val))[:cfg.eval_prompts or None])
+    W = rt.world_size
+    # Global batches of batch_size prompts (length-bucketed, a function of (seed, epoch)); each rank takes
+    # every W-th prompt of a batch, so N ranks see exactly the batch one process would.
+    batches_per_epoch = len(length_bucketed_batches(train.longest, cfg.batch_size, 0))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
 
     def batch_for(step):
-        epoch = step // steps_per_epoch
-        if epoch not in epoch_batches:  # deterministic in (seed, epoch): a resumed run sees the same order
-            batches = length_bucketed_batches(train.longest, cfg.batch_size, cfg.seed + epoch)
-            epoch_batches.clear()
-            epoch_batches[epoch] = batches[rt.rank::rt.world_size][:steps_per_epoch]
-        return epoch_batches[epoch][step % steps_per_epoch]
+        epoch, j = divmod(step, batches_per_epoch)
+        rows = length_bucketed_batches(train.longest, cfg.batch_size, cfg.seed + epoch)[j]
+        return rows[:len(rows) // W * W]
 
-    # 3. optimizer (AdamW, betas 0.9/0.95), resumed state, wrappers.
-    # Eq. 1 sees only reward differences, so the head's bias gets a zero gradient, except for rounding
-    # noise that Adam would scale up to lr-sized steps. Freeze it: step 5 sets it once training is done.
-    raw_model.score_head.bias.requires_grad_(False)
-    optimizer = M.configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas,
-                                      rt.device_type)
-    step = 0
-    if resume is not None:
-        optimizer.load_state_dict(resume["optimizer"])
-        step = int(resume["step"])
-        torch.set_rng_state(resume["rng"])
-        if "cuda_rng" in resume and rt.device_type == "cuda":
-            torch.cuda.set_rng_state(resume["cuda_rng"])
-        if rt.master:
-            print(f"resumed at step {step} of {total_steps}")
-        del resume
-    if cfg.compile:
-        model = torch.compile(model)
-    if rt.ddp:
-        device_ids = [rt.device] if rt.device_type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    scaler = rt.grad_scaler()
-    resume_path = os.path.join(cfg.out_dir, "resume.pt")
-    if rt.master:
-        print(f"{total_steps} steps of {cfg.batch_size} prompts x {rt.world_size} ranks "
-              f"({steps_per_epoch} steps per epoch)")
+    # 3. optimizer. Eq. 1 sees only reward differences, so the head's bias gets no gradient but rounding
+    #    noise that Adam would blow up to lr-sized steps: it is frozen, and step 5 sets it.
+    model.score_head.bias.requires_grad_(False)
+    optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, rt.device_type)
+    step = load_resume(resume_path, "reward", rt, {"rm": optimizer})["step"] if ckpt["stage"] == "resume" else 0
+    train_model, scaler = rt.wrap(model), rt.grad_scaler()
+    log = MetricsLog(cfg.out_dir, rt.master, step if ckpt["stage"] == "resume" else None)
 
-    # 4. training: each step, B prompts, all their responses in one padded batch, eq. 1 over all pairs
-    bar = tqdm(total=total_steps, initial=step, disable=not rt.master, dynamic_ncols=True)
-    model.train()
+    def save_state():
+        save_resume(resume_path, rt, model=model, run_config=cfg, tokenizer=tok, of="reward", step=step,
+                    optimizers={"rm": optimizer})
+
+    # 4. training: each step, the K responses of every prompt in one padded forward, eq. 1 over all pairs
+    bar = tqdm(total=total_steps, initial=step, disable=not rt.master, desc="reward", dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
-    try:
+    with Interrupt(rt) as interrupt:
         while step < total_steps:
-            lr = M.cosine_lr(step, total_steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = cosine_lr(step, total_steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
+            set_lr(optimizer, lr)
             rows = batch_for(step)
-            micro = cfg.micro_batch_size or len(rows)
-            chunks = [rows[i:i + micro] for i in range(0, len(rows), micro)]
-            loss_sum, correct_sum, pairs_sum = 0.0, 0.0, 0.0
-            for c, chunk in enumerate(chunks):
+            mine = rows[rt.rank::W]
+            n_chunks = math.ceil(len(mine) / (cfg.micro_batch_size or len(mine)))
+            loss_sum = correct_sum = pairs_sum = 0.0
+            for c, chunk in enumerate(np.array_split(mine, n_chunks)):
                 seqs, num_responses = train.batch(chunk)
                 tokens_seen += sum(len(s) for s in seqs)
-                # DDP averages gradients only on the last micro-batch's backward
-                sync = not rt.ddp or c == len(chunks) - 1
-                with contextlib.nullcontext() if sync else model.no_sync():
-                    flat = sequence_rewards(model, seqs, rt.device, rt.autocast)  # (sum K,)
-                    rewards = pad_rewards(flat, num_responses)  # (B, K_max)
-                    num_responses = num_responses.to(rewards.device)
-                    loss = ranking_loss(rewards, num_responses)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"step {step}: the ranking loss is {loss.item()}; stopping before the optimizer "
-                            f"step. The last good state is {resume_path} (if saved); try a lower "
-                            f"lr.")
-                    # the batch loss is a mean over prompts, so each chunk counts by its share of prompts
-                    scaler.scale(loss * len(chunk) / len(rows)).backward()
-                loss_sum += loss.item() * len(chunk)
-                correct, pairs = pair_accuracy(rewards.detach(), num_responses)
-                correct_sum, pairs_sum = correct_sum + correct.sum().item(), pairs_sum + pairs.sum().item()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16's scaler skips inf steps
-                raise FloatingPointError(f"step {step}: gradient norm is {grad_norm.item()}; stopping before "
-                                         f"the optimizer step. The last good state is {resume_path} "
-                                         f"(if saved).")
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+                with train_model.no_sync() if rt.ddp and c < n_chunks - 1 else contextlib.nullcontext():
+                    rewards = pad_rewards(last_token_scores(train_model, seqs, rt.autocast), num_responses)
+                    loss = ranking_loss(rewards, num_responses.to(rewards.device))  # (B, K) -> mean over prompts
+                    check_finite(loss, "the ranking loss", f"at step {step}")
+                    # weighted by the chunk's share of the global batch: the step's loss is the mean over all
+                    # its prompts whatever the micro-batches and ranks (DDP averages the ranks' gradients)
+                    scaler.scale(loss * len(chunk) * W / len(rows)).backward()
+                correct, pairs = pair_accuracy(rewards.detach(), num_responses.to(rewards.device))
+                loss_sum, correct_sum = loss_sum + loss.item() * len(chunk), correct_sum + correct.sum().item()
+                pairs_sum += pairs.sum().item()
+            grad_norm = optimizer_step(train_model, optimizer, scaler, cfg.grad_clip, f"at step {step}")
             step += 1
-            loss_b, acc_b = loss_sum / len(rows), correct_sum / pairs_sum
+            loss_b, acc_b = rt.sum(loss_sum) / len(rows), rt.sum(correct_sum) / rt.sum(pairs_sum)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_b:.4f}", acc=f"{acc_b:.3f}", lr=f"{lr:.2e}")
-
             if step % cfg.log_interval == 0 or step == total_steps:
-                dt = time.time() - t0
-                tps = rt.all_reduce_mean(tokens_seen / dt) * rt.world_size
-                record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr,
-                          "loss": rt.all_reduce_mean(loss_b), "acc": rt.all_reduce_mean(acc_b),
-                          "grad_norm": grad_norm.item(), "tokens_per_s": tps}
-                mfu = M.estimate_mfu(raw_model, tps / rt.world_size, rt.device)
-                if mfu is not None:
-                    record["mfu"] = mfu
-                if rt.master:
-                    M.append_jsonl(metrics_path, record)
+                log({"step": step, "epoch": step / batches_per_epoch, "lr": lr, "loss": loss_b, "acc": acc_b,
+                     "grad_norm": grad_norm, "tokens_per_s": rt.sum(tokens_seen) / (time.time() - t0)})
                 t0, tokens_seen = time.time(), 0
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total_steps:
-                metrics = evaluate(raw_model, val, eval_rows, rt, cfg.eval_batch_size, texts=val_texts,
+                metrics = evaluate(model, val, eval_rows, rt, cfg.eval_batch_size, texts=val_texts,
                                    show=1 if rt.master else 0)
-                if rt.master:
-                    M.append_jsonl(metrics_path, {"step": step, **metrics})
-                    bar.write(f"step {step}: val loss {metrics['val/loss']:.4f}, "
-                              f"val acc {metrics['val/acc']:.3f}")
-            if cfg.ckpt_interval and step % cfg.ckpt_interval == 0 and step < total_steps and rt.master:
-                save_resume(resume_path, raw_model, optimizer, cfg, tok, step)
-    except KeyboardInterrupt:
-        bar.close()
-        if rt.master:
-            save_resume(resume_path, raw_model, optimizer, cfg, tok, step)
-            print(f"\ninterrupted at step {step}: saved {resume_path}; continue with --init_from=resume")
-        raise SystemExit(130)
+                log({"step": step, **metrics})
+                bar.write(f"step {step}: val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.3f}")
+            if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or interrupt.requested():
+                save_state()
+                if interrupt.requested() and step < total_steps:
+                    print(f"interrupted: saved {resume_path}; continue with --init_from=resume")
+                    raise SystemExit(130)
     bar.close()
+    save_state()
 
-    # 5. normalisation: a bias so the demonstrations' mean reward is 0 (the paper). Pairwise differences,
-    # hence the loss and every accuracy, do not change; PPO's rewards become centred on the SFT behaviour.
-    demos = demonstration_mean_reward(raw_model, cfg.data_dir, tok, rt, cfg.eval_batch_size, cfg.norm_demos)
+    # 5. normalisation: a bias so that the demonstrations' mean reward is 0 (the paper). Pairwise differences,
+    #    hence the loss and every accuracy, do not change; PPO's rewards become centred on SFT behaviour.
     extra = {}
-    if demos is None:
-        if rt.master:
-            print(f"warning: {cfg.data_dir} has no sft_train.jsonl (or no demonstration fits block_size): "
-                  f"the reward bias is left as trained, not normalised")
-    else:
-        mean, n = demos
+    demos = demonstration_mean_reward(model, cfg.data_dir, tok, rt, cfg.eval_batch_size, cfg.norm_demos)
+    if demos is not None:
         with torch.no_grad():
-            raw_model.score_head.bias -= mean
-        extra.update(demo_mean_reward_before=mean, demos_scored=n)
+            model.score_head.bias -= demos[0]
+        extra.update(demo_mean_reward_before=demos[0], demos_scored=demos[1])
         if rt.master:
-            print(f"demonstrations: mean reward {mean:+.4f} over {n}; head bias set to "
-                  f"{raw_model.score_head.bias.item():+.4f} so that their mean is 0")
-    extra["reward_bias"] = raw_model.score_head.bias.item()
+            print(f"demonstrations: mean reward {demos[0]:+.4f} over {demos[1]}; bias set so that it is 0")
+    elif rt.master:
+        print(f"warning: {cfg.data_dir} has no sft_train.jsonl: the reward bias is left as trained")
+    extra["reward_bias"] = model.score_head.bias.item()
 
-    # 6. final validation over every val prompt (and the synthetic labelers' judgments), then the checkpoint
+    # 6. final validation over every val prompt (with the labelers' agreement where the data has a judge)
+    metrics = evaluate(model, val, np.arange(len(val)), rt, cfg.eval_batch_size, judge, val_texts,
+                       show=2 if rt.master else 0)
+    log({"step": step, "final": True, **metrics, **extra})
     if rt.master:
-        print("final validation:")
-    metrics = evaluate(raw_model, val, np.arange(len(val)), rt, cfg.eval_batch_size, judge=judge,
-                       texts=val_texts, show=2 if rt.master else 0)
-    if rt.master:
-        M.append_jsonl(metrics_path, {"step": step, "final": True, **metrics, **extra})
-        for k, v in metrics.items():
-            print(f"  {k:24s} {v:.4f}")
+        print("final validation:\n" + "\n".join(f"  {k:24s} {v:.4f}" for k, v in metrics.items()))
         path = os.path.join(cfg.out_dir, "reward.pt")
-        M.save_checkpoint(path, stage="reward", model=raw_model, run_config=cfg, tokenizer=tok, step=step,
-                          metrics=metrics, **extra)
+        save_checkpoint(path, stage="reward", model=model, run_config=cfg, tokenizer=tok, step=step,
+                        metrics=metrics, **extra)
         print(f"saved {path}")
-    if rt.ddp:
-        torch.distributed.destroy_process_group()
+    rt.close()
     return {**metrics, **extra}
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -20,13 +20,11 @@ A multi-turn conversation lives inside the prompt as "turn\\n\\nAssistant: reply
 Anthropic HH-RLHF transcript is exactly "\\n\\n" + render_prompt(prompt) + render_response(response).
 """
 
-import argparse
-import functools
+import contextlib
 import gzip
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import typing
 import urllib.error
@@ -191,24 +189,34 @@ def read_split(data_dir, kind: str, split: str) -> list[dict]:
 # -----------------------------------------------------------------------------
 # writing
 
-def write_jsonl(path, records) -> int:
-    """Write records as JSONL atomically: a temp file in the same folder, then os.replace.
-
-    A crash mid-write leaves the old file (or none), never a truncated one that a stage would read."""
+@contextlib.contextmanager
+def atomic_write(path, mode="w"):
+    """A file object for writing path that replaces it only when the block succeeds (a temporary file in the
+    same folder, fsync, os.replace); on any error the temporary file is removed. A crash mid-write leaves
+    the old file (or none), never a truncated one. Every file this project writes goes through here."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    n = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                n += 1
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a data file is ordinary
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+
+
+def write_jsonl(path, records) -> int:
+    """Write records as JSONL, atomically."""
+    n = 0
+    with atomic_write(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
@@ -344,31 +352,7 @@ class Collector:
 
 
 # -----------------------------------------------------------------------------
-# command line plumbing shared by data/*/prepare.py
-
-def converter_args(doc: str, default_out, max_chars: int) -> argparse.ArgumentParser:
-    """The flags every converter has: --src, --out, --val_fraction, --seed, --max_chars."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--src", nargs="+", help="input file(s); without it, download the public files")
-    parser.add_argument("--out", default=str(default_out), help="output folder (default: %(default)s)")
-    parser.add_argument("--val_fraction", type=float, default=0.1, help="fraction of groups in val")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hash that picks the val groups")
-    parser.add_argument("--max_chars", type=int, default=max_chars,
-                        help="skip examples longer than this many characters (default: %(default)s)")
-    return parser
-
-
-def reports_errors(main):
-    """Turn a DataError from anywhere in main into one line "error: FILE:LINE: what" and exit code 1."""
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-    return wrapper
-
+# downloads for data/*/prepare.py
 
 def fetch(urls: list[str], path) -> Path:
     """Download the first of urls that works to path (a cache: skipped when path exists); returns path.
@@ -390,10 +374,8 @@ def fetch(urls: list[str], path) -> Path:
         if data.startswith(b"version https://git-lfs"):  # a pointer to the file, not the file
             problems.append(f"{url}: got a Git LFS pointer")
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            f.write(data)
         return path
     raise DataError(f"{path}: download failed ({'; '.join(problems)}). Offline? Fetch the file by hand "
-                    f"and pass it with --src")
+                    f"and pass it with --src=FILE")

@@ -12,14 +12,14 @@ Ragged collections of sequences are stored flat: `tokens` (all sequences concate
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.formats import DataError, iter_json, read_split, render_prompt, render_response
-from model import Tokenizer
+from data.formats import DataError, atomic_write, read_split, render_prompt, render_response
+from data.tokenizer import VocabularyError
+from model import generate
 
 
 class Ragged:
@@ -44,46 +44,6 @@ class Ragged:
     @property
     def lengths(self):
         return np.diff(self.offsets)
-
-
-# -----------------------------------------------------------------------------
-# tokenizer of a dataset
-
-
-def dataset_tokenizer(data_dir, vocab="compact"):
-    """
-    The tokenizer a model trained from scratch on data_dir uses: "gpt2" (all 50,257 tokens) or "compact"
-    (the GPT-2 tokens that data_dir's JSONL files use, built once into data_dir/vocab.json). Stages that
-    start from a checkpoint use the checkpoint's tokenizer instead, so a model never changes vocabulary.
-    """
-    if vocab == "gpt2":
-        return Tokenizer()
-    if vocab != "compact":
-        raise ValueError(f"vocab must be 'compact' or 'gpt2', got {vocab!r}")
-    files = sorted(Path(data_dir).glob("*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"{data_dir}: no *.jsonl files to build a vocabulary from (run its prepare.py)")
-    # rebuilt whenever the JSONL files change, so a regenerated dataset never meets a stale vocabulary
-    fingerprint = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    path = Path(data_dir) / "vocab.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("files") == fingerprint:
-            return Tokenizer.from_state(saved)
-    texts = []
-    for f in files:
-        for _, rec in iter_json(f):
-            # the rendered template pieces, so that every token the stages will encode is in the vocabulary
-            texts += [rec["text"]] if "text" in rec else [render_prompt(rec["prompt"])]
-            texts += [render_response(r) for r in rec.get("responses", [])]
-            texts += [render_response(rec["response"])] if "response" in rec else []
-            texts += [rec["answer"]] if isinstance(rec.get("answer"), str) else []
-    tok = Tokenizer.build_compact(texts)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**tok.state(), "files": fingerprint}))
-    os.replace(tmp, path)
-    print(f"{path}: compact vocabulary of {tok.vocab_size} tokens from {len(files)} files")
-    return tok
 
 
 # -----------------------------------------------------------------------------
@@ -149,48 +109,16 @@ def load_split(data_dir, kind, split, tok):
     if not all((cache / f"{n}.npy").exists() for n in names):
         try:
             arrays = tokenize(read_split(data_dir, kind, split), kind, tok)
-        except ValueError as e:  # text outside a compact vocabulary
-            if isinstance(e, DataError):
-                raise
-            raise DataError(f"{src}: {e}") from None
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
+        except VocabularyError as e:
+            raise VocabularyError(f"{src}: {e}") from None
         for n, a in arrays.items():
-            np.save(tmp / f"{n}.npy", a)
-        if cache.exists():  # another process finished first
-            for f in tmp.iterdir():
-                f.unlink()
-            tmp.rmdir()
-        else:
-            os.replace(tmp, cache)
+            with atomic_write(cache / f"{n}.npy", "wb") as f:
+                np.save(f, a)
     return Split({n: np.load(cache / f"{n}.npy", mmap_mode="r") for n in names}, f"{src}")
 
 
 # -----------------------------------------------------------------------------
 # batches
-
-
-def pad_right(seqs, pad=0):
-    """(B, T) tensor of right-padded sequences and their lengths (B,). Causal attention makes right
-    padding exact without a mask: no real position ever attends to a later pad."""
-    lengths = torch.tensor([len(s) for s in seqs])
-    out = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-    return out, lengths
-
-
-def pad_left(seqs, pad=0):
-    """(B, T) left-padded sequences and their attention mask: prompts end together, so generation
-    appends to every row at the same column."""
-    T = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if len(s):
-            out[i, T - len(s):] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-            mask[i, T - len(s):] = True
-    return out, mask
 
 
 def length_bucketed_batches(lengths, batch_size, seed, bucket=64):
@@ -210,33 +138,45 @@ def length_bucketed_batches(lengths, batch_size, seed, bucket=64):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def random_windows(stream, n, seq_len, seed):
+    """n random windows of a token stream as (inputs, next-token targets), (n, seq_len) each: nanoGPT's
+    packed pretraining batch. A pure function of seed (an int or a tuple such as (seed, step, rank)), so a
+    resumed run draws the same windows."""
+    starts = np.random.default_rng(seed).integers(0, len(stream) - seq_len - 1, size=n)
+    chunk = torch.from_numpy(np.stack([np.asarray(stream[s:s + seq_len + 1], dtype=np.int64) for s in starts]))
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def fitting(lengths, limit, what, master=True):
+    """Indices of the sequences with length <= limit; the others are dropped, and counted aloud."""
+    keep = np.nonzero(np.asarray(lengths) <= limit)[0]
+    if len(keep) < len(lengths) and master:
+        print(f"{what}: skipping {len(lengths) - len(keep)} of {len(lengths)} longer than {limit} tokens")
+    if len(keep) == 0:
+        raise DataError(f"{what}: nothing fits in {limit} tokens")
+    return keep
+
+
 # -----------------------------------------------------------------------------
 # sampling responses to text prompts
 
 
-@torch.no_grad()
-def generate_responses(model, tok, prompts, max_new_tokens=64, temperature=1.0, top_k=None, batch_size=64,
-                       device="cpu", autocast=None, prefix="", return_tokens=False):
+def generate_responses(model, tok, prompts, max_new_tokens=64, temperature=1.0, batch_size=64, prefix="",
+                       seed=None, autocast=None):
     """
-    Sample one response per text prompt through the chat template (after `prefix`, e.g. few-shot
-    demonstrations). Returns (texts, ended): the decoded responses without their EOS, and whether each
-    ended with EOS (False: it hit max_new_tokens). return_tokens=True adds the sampled token ids (with the
-    EOS when there is one): score those, not a re-encoding of the text, which need not give the same tokens.
+    model.generate over text prompts through the chat template (after `prefix`, e.g. few-shot
+    demonstrations). Returns (texts, ended, tokens): the decoded responses without their EOS, whether each
+    ended with EOS (False: it hit max_new_tokens), and the sampled ids with the EOS when there is one:
+    score those, not a re-encoding of the text, which need not give the same tokens. seed: row i samples
+    with seed + i, so a response does not depend on the batch size.
     """
-    was_training = model.training
-    model.eval()
     texts, ended, tokens = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = [tok.encode(prefix + render_prompt(p)) for p in prompts[start:start + batch_size]]
-        idx, mask = pad_left(chunk)
-        max_new = min(max_new_tokens, model.config.block_size - idx.size(1))
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            out = model.generate(idx.to(device), max_new, temperature=temperature, top_k=top_k,
-                                 attention_mask=mask.to(device), eos_id=tok.eos_id)
-        for row in out[:, idx.size(1):].tolist():
-            stop = row.index(tok.eos_id) if tok.eos_id in row else len(row)
-            texts.append(tok.decode(row[:stop]).strip())
-            ended.append(stop < len(row))
-            tokens.append(row[:stop + 1])
-    model.train(was_training)
-    return (texts, ended, tokens) if return_tokens else (texts, ended)
+        seeds = None if seed is None else [seed + start + i for i in range(len(chunk))]
+        out = generate(model, chunk, max_new_tokens, temperature, eos_id=tok.eos_id, seeds=seeds,
+                       autocast=autocast)
+        tokens += out["response_lists"]
+        ended += out["ended"].tolist()
+    texts = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in tokens]
+    return texts, ended, tokens

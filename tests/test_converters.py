@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import data`
+from common import ConfigError, run  # noqa: E402
 from data.formats import FORMATS, read_jsonl, render_prompt, render_response  # noqa: E402
 
 hh = importlib.import_module("data.hh_rlhf.prepare")
@@ -42,7 +43,7 @@ def test_hh_splits_prompt_and_response_exactly(tmp_path):
     pairs = [hh_pair([("Human", "Hi"), ("Assistant", "Hello."), ("Human", "A fruit?")], "A pear.", "No."),
              hh_pair([("Human", "Say yes")], "Yes.", "Never!")]
     src = write_jsonl_lines(tmp_path / "train.jsonl.gz", pairs, compress=True)
-    assert hh.main(["--src", str(src), "--out", str(tmp_path / "out"), "--val_fraction", "0.5"]) == 0
+    hh.main([f"--src={src}", f"--out_dir={tmp_path / 'out'}", "--val_fraction=0.5"])
     comparisons = {r["prompt"]: r["responses"] for r in read_all(tmp_path / "out", "comparisons")}
     assert comparisons == {"Hi\n\nAssistant: Hello.\n\nHuman: A fruit?": ["A pear.", "No."],
                            "Say yes": ["Yes.", "Never!"]}
@@ -60,7 +61,7 @@ def test_hh_skips_bad_pairs_with_counted_reasons(tmp_path, capsys):
     records = [good, hh_pair([("Human", "Q2")], "same", "same"), early, {"chosen": "\n\nHuman: Q3"},
                {"chosen": "\n\nHuman: Q\n\nAssistant: a\n\nHuman: more", "rejected": good["rejected"]}]
     src = write_jsonl_lines(tmp_path / "hh.jsonl", records)
-    assert hh.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 0
+    hh.main([f"--src={src}", f"--out_dir={tmp_path / 'out'}"])
     out = capsys.readouterr().out
     assert f"skipped      1: pairs: chosen == rejected (first at {src}:2)" in out
     assert "skipped      1: pairs: chosen and rejected differ before the last Assistant turn" in out
@@ -111,7 +112,7 @@ def test_oasst_language_filter(tmp_path, capsys):
     src = write_jsonl_lines(tmp_path / "trees.jsonl.gz", [oasst_tree("t1", "en"), oasst_tree("t2", "de"),
                                                           oasst_tree("t3", "en")], compress=True)
     out = tmp_path / "out"
-    assert oasst.main(["--src", str(src), "--out", str(out), "--lang", "de", "--val_fraction", "0"]) == 0
+    oasst.main([f"--src={src}", f"--out_dir={out}", "--lang=de", "--val_fraction=0"])
     assert "skipped      2: trees: language is not 'de'" in capsys.readouterr().out
     assert len(read_all(out, "comparisons")) == 2 and read_jsonl(out / "comparisons_val.jsonl") == []
 
@@ -153,11 +154,12 @@ def test_alpaca_both_layouts_and_input_appended(tmp_path):
         {"instruction": "Negate.",
          "instances": [{"input": "yes", "output": "no"}, {"input": "up", "output": "down"}]}])
     out = tmp_path / "out"
-    assert alpaca.main(["--src", str(flat), str(seed), "--out", str(out)]) == 0
+    counts = alpaca.main([f"--src={flat},{seed}", f"--out_dir={out}"])
     pairs = {r["prompt"]: r["response"] for r in read_all(out, "sft")}
     assert pairs == {"Add.\n\n2 + 2": "4", "Greet.": "Hello.",
                      "Negate.\n\nyes": "no", "Negate.\n\nup": "down"}
     assert {r["prompt"] for r in read_all(out, "prompts")} == set(pairs)
+    assert counts["sft_train.jsonl"] + counts["sft_val.jsonl"] == 4  # main() returns {file: records written}
     val = {r["prompt"] for r in read_jsonl(out / "sft_val.jsonl")}
     negate = {"Negate.\n\nyes", "Negate.\n\nup"}
     assert negate <= val or not negate & val  # the instances of one task stay in one split
@@ -169,7 +171,7 @@ def test_alpaca_missing_and_empty_fields_counted(tmp_path, capsys):
         {"instruction": "ok", "output": "fine"}, {"instruction": "no output"},
         {"instruction": "x", "output": " "},
         {"instruction": " ", "output": "y"}, {"instruction": "long", "output": "z" * 100}])
-    assert alpaca.main(["--src", str(src), "--out", str(tmp_path / "out"), "--max_chars", "50"]) == 0
+    alpaca.main([f"--src={src}", f"--out_dir={tmp_path / 'out'}", "--max_chars=50"])
     out = capsys.readouterr().out
     for reason in ["instructions: field 'output' is missing", "sft: empty response", "sft: empty prompt",
                    "sft: longer than --max_chars=50"]:
@@ -188,7 +190,7 @@ def test_shakespeare_split_covers_all_text(tmp_path):
     src.write_text("\n\n".join(paragraphs) + "\n")
     out1, out2 = tmp_path / "a", tmp_path / "b"
     for out in (out1, out2):
-        assert shakespeare.main(["--src", str(src), "--out", str(out), "--max_chars", "120"]) == 0
+        shakespeare.main([f"--src={src}", f"--out_dir={out}", "--max_chars=120"])
     chunks = read_all(out1, "pretrain")
     assert Counter(w for r in chunks for w in r["text"].split()) == Counter(src.read_text().split())
     assert max(len(r["text"]) for r in chunks) <= 120
@@ -199,29 +201,67 @@ def test_shakespeare_split_covers_all_text(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# bad input files: one line "error: FILE:LINE: what", exit code 1
+# mistakes a user can make: one line "error: ..." on stderr and exit code 1, as every script of the project
+
+def run_as_script(module, args, monkeypatch):
+    """Run module.main the way `python data/NAME/prepare.py ARGS` does (common.run); returns the exit code."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *args])
+    monkeypatch.delenv("RLHF_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run(module.main)
+    return exit_info.value.code
+
 
 @pytest.mark.parametrize("module", [hh, oasst, alpaca])
-def test_malformed_json_line_is_one_line_error(tmp_path, capsys, module):
-    """A malformed JSON line makes main() return 1 with one stderr line "error: FILE:LINE: malformed JSON"."""
+def test_malformed_json_line_is_one_line_error(tmp_path, capsys, monkeypatch, module):
+    """A malformed JSON line: exit code 1 and one stderr line "error: FILE:LINE: malformed JSON", no output."""
     src = write_jsonl_lines(tmp_path / "bad.jsonl", ['{"instruction": "a", "output": "b"}', '{"chosen": '])
-    assert module.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 1
+    assert run_as_script(module, [f"--src={src}", f"--out_dir={tmp_path / 'out'}"], monkeypatch) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {src}:2: malformed JSON") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("module", [hh, oasst, alpaca, shakespeare])
-def test_missing_src_is_one_line_error(tmp_path, capsys, module):
-    """A nonexistent --src makes main() return 1 with "error: FILE: no such file", not a traceback."""
+def test_missing_src_is_one_line_error(tmp_path, capsys, monkeypatch, module):
+    """A nonexistent --src: exit code 1 with "error: FILE: no such file", not a traceback."""
     missing = tmp_path / "nope.jsonl"
-    assert module.main(["--src", str(missing), "--out", str(tmp_path / "out")]) == 1
+    assert run_as_script(module, [f"--src={missing}", f"--out_dir={tmp_path / 'out'}"], monkeypatch) == 1
     assert capsys.readouterr().err == f"error: {missing}: no such file\n"
 
 
-def test_truncated_gzip_is_one_line_error(tmp_path, capsys):
+def test_truncated_gzip_is_one_line_error(tmp_path, capsys, monkeypatch):
     """A corrupt gzip file is reported as one error line naming the file."""
     src = tmp_path / "hh.jsonl.gz"
     src.write_bytes(gzip.compress(b'{"chosen": "a", "rejected": "b"}\n' * 100)[:40])
-    assert hh.main(["--src", str(src), "--out", str(tmp_path / "out")]) == 1
-    assert capsys.readouterr().err.startswith(f"error: {src}: corrupt or truncated gzip file")
+    assert run_as_script(hh, [f"--src={src}", f"--out_dir={tmp_path / 'out'}"], monkeypatch) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src}: corrupt or truncated gzip file") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("module", [hh, oasst, alpaca, shakespeare])
+def test_unknown_flag_is_one_line_error(tmp_path, capsys, monkeypatch, module):
+    """The old --out (now --out_dir) is an unknown flag: one line naming it, exit code 1, nothing written."""
+    src = write_jsonl_lines(tmp_path / "ok.jsonl", [hh_pair([("Human", "Q")], "good", "bad")])
+    assert run_as_script(module, [f"--src={src}", f"--out={tmp_path / 'out'}"], monkeypatch) == 1
+    assert capsys.readouterr().err == "error: unknown option --out (see --help)\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--val_fraction=1.5", "--max_chars=0", "--seed=x"])
+def test_bad_flag_value_is_a_config_error(tmp_path, flag):
+    """A value out of range or of the wrong type stops main() with a ConfigError before anything is read."""
+    with pytest.raises(ConfigError, match=flag.split("=")[0]):
+        shakespeare.main([f"--src={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path / 'out'}", flag])
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_every_flag_with_default(capsys):
+    """--help prints each field with its default and comment, then exits 0 (before reading anything)."""
+    with pytest.raises(SystemExit) as exit_info:
+        oasst.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ["--src=()", "--out_dir='data/oasst'", "--val_fraction=0.1", "--seed=0", "--max_chars=4000",
+                 "--lang=''"]:
+        assert flag in out

@@ -7,18 +7,32 @@ Two layouts, as a JSON list or as JSONL:
 The prompt is the instruction, plus "\\n\\n" + input when the input is not empty; the response is the output.
 All instances of one instruction share a group, so an instruction lands wholly in train or in val.
 
-    python data/alpaca/prepare.py --src ../shared/data/alpaca-seed-tasks.jsonl
+    python data/alpaca/prepare.py --src=../shared/data/alpaca-seed-tasks.jsonl
     python data/alpaca/prepare.py      # downloads tatsu-lab/stanford_alpaca alpaca_data.json, ~22 MB
+    python data/alpaca/prepare.py --help
 
 Skipped, with a count per reason: records without "instruction" or "output" (or "instances" that is not
 a list), fields that are not strings, empty or over-long parts, exact duplicates.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.formats import Collector, converter_args, fetch, iter_json, reports_errors  # noqa: E402
+from common import ConfigError, parse_config, run  # noqa: E402
+from data.formats import Collector, fetch, iter_json  # noqa: E402
+
+
+@dataclass
+class AlpacaConfig:
+    """Alpaca-style instruction data (alpaca_data.json or seed_tasks.jsonl) -> SFT pairs and prompts."""
+    src: tuple[str, ...] = ()  # input files, comma-separated (JSON list or JSONL, plain or gzip); empty: download
+    out_dir: str = "data/alpaca"  # where the JSONL files go
+    val_fraction: float = 0.1  # fraction of the instructions whose examples go to val
+    seed: int = 0  # seed of the hash that picks the val instructions
+    max_chars: int = 4000  # skip examples longer than this many characters
+
 
 HERE = Path(__file__).resolve().parent
 URL = "https://raw.githubusercontent.com/tatsu-lab/stanford_alpaca/main/alpaca_data.json"
@@ -50,16 +64,18 @@ def convert(src, data: Collector) -> int:
     return n
 
 
-@reports_errors
-def main(argv=None) -> int:
-    args = converter_args(__doc__, HERE, max_chars=4000).parse_args(argv)
-    srcs = args.src or [fetch([URL], HERE / "downloads" / "alpaca_data.json")]
-    data = Collector(["sft", "prompts"], args.max_chars)
+def main(argv=None) -> dict:
+    """Convert, write out_dir/{sft,prompts}_{train,val}.jsonl; returns {file: count}."""
+    cfg = parse_config(AlpacaConfig, argv)
+    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
+        raise ConfigError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, "
+                          f"got {cfg.val_fraction} and {cfg.max_chars}")
+    srcs = cfg.src or [fetch([URL], HERE / "downloads" / "alpaca_data.json")]
+    data = Collector(["sft", "prompts"], cfg.max_chars)
     for src in srcs:
         print(f"read {convert(src, data)} records from {src}")
-    data.write(args.out, args.val_fraction, args.seed)
-    return 0
+    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

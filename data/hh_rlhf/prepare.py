@@ -7,8 +7,9 @@ Assistant turn. Everything before the last "\\n\\nAssistant:" is the prompt (ear
 see data/formats.py), what follows it is the response, so "\\n\\n" + render_prompt(prompt) +
 render_response(response) gives the transcript back.
 
-    python data/hh_rlhf/prepare.py --src ../shared/data/hh-rlhf-harmless-base-test.jsonl.gz
+    python data/hh_rlhf/prepare.py --src=../shared/data/hh-rlhf-harmless-base-test.jsonl.gz
     python data/hh_rlhf/prepare.py      # downloads harmless-base + helpful-base (train and test), ~40 MB
+    python data/hh_rlhf/prepare.py --help
 
 Skipped, with a count per reason: transcripts without an "Assistant:" turn or not starting with "Human:",
 transcripts ending on a Human turn, pairs whose prompts differ (they branch before the last Assistant
@@ -16,10 +17,23 @@ turn), chosen == rejected, empty or over-long parts, exact duplicates.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.formats import Collector, converter_args, fetch, iter_json, reports_errors  # noqa: E402
+from common import ConfigError, parse_config, run  # noqa: E402
+from data.formats import Collector, fetch, iter_json  # noqa: E402
+
+
+@dataclass
+class HHConfig:
+    """Anthropic HH-RLHF chosen/rejected pairs -> comparisons (K = 2), SFT pairs and prompts."""
+    src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download the public ones
+    out_dir: str = "data/hh_rlhf"  # where the JSONL files go
+    val_fraction: float = 0.1  # fraction of the prompts whose examples go to val
+    seed: int = 0  # seed of the hash that picks the val prompts
+    max_chars: int = 4000  # skip examples longer than this many characters
+
 
 HERE = Path(__file__).resolve().parent
 # helpful-* files are Git LFS objects on GitHub (served from media.githubusercontent.com), harmless-base
@@ -68,17 +82,19 @@ def convert(src, data: Collector) -> int:
     return n
 
 
-@reports_errors
-def main(argv=None) -> int:
-    args = converter_args(__doc__, HERE, max_chars=4000).parse_args(argv)
-    srcs = args.src or [fetch([f"{host}/{subset}/{split}.jsonl.gz" for host in HOSTS],
-                              HERE / "downloads" / f"{subset}-{split}.jsonl.gz") for subset, split in SUBSETS]
-    data = Collector(["comparisons", "sft", "prompts"], args.max_chars)
+def main(argv=None) -> dict:
+    """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl; returns {file: count}."""
+    cfg = parse_config(HHConfig, argv)
+    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
+        raise ConfigError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, "
+                          f"got {cfg.val_fraction} and {cfg.max_chars}")
+    srcs = cfg.src or [fetch([f"{host}/{subset}/{split}.jsonl.gz" for host in HOSTS],
+                             HERE / "downloads" / f"{subset}-{split}.jsonl.gz") for subset, split in SUBSETS]
+    data = Collector(["comparisons", "sft", "prompts"], cfg.max_chars)
     for src in srcs:
         print(f"read {convert(src, data)} pairs from {src}")
-    data.write(args.out, args.val_fraction, args.seed)
-    return 0
+    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -10,8 +10,9 @@ One tree per line: {"message_tree_id", "prompt": message}, a message being {"tex
   - the best-ranked (rank 0) reply gives an SFT pair.
 All examples of one tree share a group, so a tree lands wholly in train or in val.
 
-    python data/oasst/prepare.py --src ../shared/data/oasst2-trees-sample.jsonl.gz --lang en
-    python data/oasst/prepare.py --lang en    # downloads oasst1 2023-04-12_oasst_ready.trees.jsonl.gz, ~10 MB
+    python data/oasst/prepare.py --src=../shared/data/oasst2-trees-sample.jsonl.gz --lang=en
+    python data/oasst/prepare.py --lang=en    # downloads oasst1 2023-04-12_oasst_ready.trees.jsonl.gz, ~10 MB
+    python data/oasst/prepare.py --help
 
 Skipped, with a count per reason: trees of another language (--lang), deleted messages (and what hangs
 below them), messages missing "text"/"role", unranked replies, rankings with K < 2 or duplicate texts,
@@ -19,10 +20,24 @@ empty or over-long parts, exact duplicates.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.formats import Collector, converter_args, fetch, iter_json, join_turns, reports_errors  # noqa: E402
+from common import ConfigError, parse_config, run  # noqa: E402
+from data.formats import Collector, fetch, iter_json, join_turns  # noqa: E402
+
+
+@dataclass
+class OASSTConfig:
+    """OpenAssistant message trees -> K-way comparisons, SFT pairs and prompts."""
+    src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download oasst1
+    out_dir: str = "data/oasst"  # where the JSONL files go
+    val_fraction: float = 0.1  # fraction of the trees whose examples go to val
+    seed: int = 0  # seed of the hash that picks the val trees
+    max_chars: int = 4000  # skip examples longer than this many characters
+    lang: str = ""  # keep only trees whose first message has this language (e.g. en); empty: all
+
 
 HERE = Path(__file__).resolve().parent
 URL = ("https://huggingface.co/datasets/OpenAssistant/oasst1/resolve/main/"
@@ -87,18 +102,18 @@ def convert(src, data: Collector, lang: str | None = None) -> int:
     return n
 
 
-@reports_errors
-def main(argv=None) -> int:
-    parser = converter_args(__doc__, HERE, max_chars=4000)
-    parser.add_argument("--lang", default=None, help="keep only trees whose first message has this language")
-    args = parser.parse_args(argv)
-    srcs = args.src or [fetch([URL], HERE / "downloads" / URL.rsplit("/", 1)[1])]
-    data = Collector(["comparisons", "sft", "prompts"], args.max_chars)
+def main(argv=None) -> dict:
+    """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl; returns {file: count}."""
+    cfg = parse_config(OASSTConfig, argv)
+    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
+        raise ConfigError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, "
+                          f"got {cfg.val_fraction} and {cfg.max_chars}")
+    srcs = cfg.src or [fetch([URL], HERE / "downloads" / URL.rsplit("/", 1)[1])]
+    data = Collector(["comparisons", "sft", "prompts"], cfg.max_chars)
     for src in srcs:
-        print(f"read {convert(src, data, args.lang)} trees from {src}")
-    data.write(args.out, args.val_fraction, args.seed)
-    return 0
+        print(f"read {convert(src, data, cfg.lang)} trees from {src}")
+    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -7,16 +7,30 @@ and a line longer than that at --max_chars. Whole records then go to train or va
 picked by a seeded hash, so the split is the same on every run). Nothing is dropped except whitespace
 and exact duplicate records (counted).
 
-    python data/shakespeare/prepare.py --src ../shared/data/tinyshakespeare.txt
+    python data/shakespeare/prepare.py --src=../shared/data/tinyshakespeare.txt
     python data/shakespeare/prepare.py      # downloads char-rnn's tinyshakespeare input.txt, ~1 MB
+    python data/shakespeare/prepare.py --help
 """
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from data.formats import Collector, converter_args, fetch, read_lines, reports_errors  # noqa: E402
+from common import ConfigError, parse_config, run  # noqa: E402
+from data.formats import Collector, fetch, read_lines  # noqa: E402
+
+
+@dataclass
+class ShakespeareConfig:
+    """Any plain-text file (tiny Shakespeare by default) -> pretraining text records."""
+    src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download tinyshakespeare
+    out_dir: str = "data/shakespeare"  # where the JSONL files go
+    val_fraction: float = 0.1  # fraction of the records that go to val
+    seed: int = 0  # seed of the hash that picks the val records
+    max_chars: int = 1000  # the most characters in one record (paragraphs are packed up to it, cut beyond it)
+
 
 HERE = Path(__file__).resolve().parent
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -58,16 +72,18 @@ def convert(src, data: Collector) -> int:
     return len(text)
 
 
-@reports_errors
-def main(argv=None) -> int:
-    args = converter_args(__doc__, HERE, max_chars=1000).parse_args(argv)
-    srcs = args.src or [fetch([URL], HERE / "downloads" / "input.txt")]
-    data = Collector(["pretrain"], args.max_chars)
+def main(argv=None) -> dict:
+    """Convert, write out_dir/pretrain_{train,val}.jsonl; returns {file: count}."""
+    cfg = parse_config(ShakespeareConfig, argv)
+    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
+        raise ConfigError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, "
+                          f"got {cfg.val_fraction} and {cfg.max_chars}")
+    srcs = cfg.src or [fetch([URL], HERE / "downloads" / "input.txt")]
+    data = Collector(["pretrain"], cfg.max_chars)
     for src in srcs:
         print(f"read {convert(src, data)} characters from {src}")
-    data.write(args.out, args.val_fraction, args.seed)
-    return 0
+    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

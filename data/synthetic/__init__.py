@@ -1,4 +1,4 @@
-"""The synthetic closed world (see data/synthetic/README_SECTION.md): data whose labelers are programs.
+"""The synthetic closed world (see data/README.md): data whose labelers are programs.
 
     from data.synthetic import score, compare, gold_score, judge_mean, win_rate
     from data.synthetic import TRAIN_LABELERS, HELDOUT_LABELERS

@@ -2,7 +2,7 @@
 Judge the pipeline's models on the synthetic world, the way the paper's labelers judged InstructGPT.
 
     python data/synthetic/evaluate.py                      # every model the default pipeline wrote
-    python data/synthetic/evaluate.py --models sft=out/sft/sft.pt ppo=out/ppo/ppo.pt --baseline sft
+    python data/synthetic/evaluate.py --models=sft=out/sft/sft.pt,ppo=out/ppo/ppo.pt --baseline=sft
 
 For each model, on the held-out test prompts (never used for training or selection):
     score      the held-out labelers' mean score of its responses (0..1)
@@ -16,10 +16,10 @@ and the alignment tax, the analogue of the paper's regressions on public NLP tas
 Responses are decoded greedily (temperature 0) so the numbers are reproducible; --temperature=1 samples.
 """
 
-import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -27,13 +27,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from data.formats import read_jsonl, read_split, render_prompt, render_response  # noqa: E402
-from data.loader import encode_prompt, generate_responses, load_split, pad_left  # noqa: E402
+from common import load_lm, parse_config, run  # noqa: E402
+from data.formats import atomic_write, read_jsonl, read_split, render_prompt, render_response  # noqa: E402
+from data.loader import encode_prompt, generate_responses, load_split  # noqa: E402
 from data.synthetic import HELDOUT_LABELERS, gold_score, judge_mean, win_rate  # noqa: E402
-from model import load_model  # noqa: E402
+from model import generate, score_sequences  # noqa: E402
 
-DEFAULT_MODELS = ["base=out/pretrain/pretrain.pt", "base_fewshot=out/pretrain/pretrain.pt@fewshot",
-                  "sft=out/sft/sft.pt", "ppo=out/ppo/ppo.pt", "ppo_ptx0=out/ppo_ptx0/ppo.pt"]
+DEFAULT_MODELS = ("base=out/pretrain/pretrain.pt", "base_fewshot=out/pretrain/pretrain.pt@fewshot",
+                  "sft=out/sft/sft.pt", "ppo=out/ppo/ppo.pt", "ppo_ptx0=out/ppo_ptx0/ppo.pt")
+
+
+@dataclass
+class EvalConfig:
+    """Judge the pipeline's models on the synthetic world's held-out test prompts and labelers."""
+    models: tuple[str, ...] = ()  # NAME=PATH[@fewshot],... (default: every model the pipeline wrote)
+    baseline: str = "sft"  # the model the win rates are against
+    data_dir: str = "data/synthetic"  # the synthetic world's folder
+    reward_model: str = "out/reward/reward.pt"  # also report its mean score ('' or a missing file: skip)
+    num_prompts: int = 500  # test prompts to judge
+    max_new_tokens: int = 64  # response length limit
+    temperature: float = 0.0  # 0: greedy (reproducible); 1: sampled with the seed
+    seed: int = 0  # sampling seed when temperature > 0
+    out_dir: str = "out"  # eval.json goes here
 
 
 def fewshot_prefix(data_dir, k=3):
@@ -69,42 +84,28 @@ def probe_accuracy(model, tok, data_dir):
     """Fraction of closed-book probes whose greedy continuation starts with the answer's tokens."""
     probes = read_jsonl(Path(data_dir) / "probe_test.jsonl", {"text": str, "answer": str})
     answers = [tok.encode(p["answer"]) for p in probes]
-    idx, mask = pad_left([tok.encode(p["text"]) for p in probes])
-    out = model.generate(idx, max(len(a) for a in answers), temperature=0, attention_mask=mask)[:, idx.size(1):]
-    return sum(out[i, :len(a)].tolist() == a for i, a in enumerate(answers)) / len(probes)
+    out = generate(model, [tok.encode(p["text"]) for p in probes], max(len(a) for a in answers), temperature=0)
+    return sum(out["responses"][i, :len(a)].tolist() == a for i, a in enumerate(answers)) / len(probes)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="*", default=None, help="NAME=PATH[@fewshot] ... (default: the pipeline's)")
-    p.add_argument("--baseline", default="sft", help="the model the win rates are against")
-    p.add_argument("--data_dir", default="data/synthetic")
-    p.add_argument("--reward_model", default="out/reward/reward.pt", help="also report its scores ('' to skip)")
-    p.add_argument("--num_prompts", type=int, default=500, help="test prompts to judge")
-    p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--out", default="out/eval.json")
-    args = p.parse_args(argv)
-    torch.manual_seed(0)
+    args = argv if isinstance(argv, EvalConfig) else parse_config(EvalConfig, argv)
     torch.set_flush_denormal(True)
-    given = args.models is not None
-    specs = [s.partition("=")[::2] for s in (args.models if given else DEFAULT_MODELS)]
-    specs = [(name, path) for name, path in specs if given or os.path.exists(path.split("@")[0])]
+    specs = [s.partition("=")[::2] for s in (args.models or DEFAULT_MODELS)]
+    specs = [(name, path) for name, path in specs if args.models or os.path.exists(path.split("@")[0])]
     prompts = [r["prompt"] for r in read_split(args.data_dir, "prompts", "test")[:args.num_prompts]]
     rm = None
     if args.reward_model and os.path.exists(args.reward_model):
-        from reward import score_sequences
-        rm, rm_tok, _ = load_model(args.reward_model, stages=("reward",))
-        rm.eval()
+        rm = load_lm(args.reward_model, stages=("reward",))[0].eval()
 
     results, responses = {}, {}
     for name, spec in specs:
         path, _, mode = spec.partition("@")
-        model, tok, ckpt = load_model(path, stages=("pretrain", "sft", "ppo"))
+        model, tok, ckpt = load_lm(path, stages=("pretrain", "sft", "ppo"))
         model.eval()
         prefix = fewshot_prefix(args.data_dir) if mode == "fewshot" else ""
         texts, ended, tokens = generate_responses(model, tok, prompts, args.max_new_tokens, args.temperature,
-                                                  prefix=prefix, return_tokens=True)
+                                                  prefix=prefix, seed=args.seed)
         if ckpt["stage"] == "pretrain":
             texts, ended = cut_at_next_turn(texts, ended)
         r = {"score": judge_mean(prompts, texts, HELDOUT_LABELERS, ended),
@@ -114,7 +115,7 @@ def main(argv=None):
              "probe": probe_accuracy(model, tok, args.data_dir)}
         if rm is not None:
             seqs = [encode_prompt(tok, q) + ids for q, ids in zip(prompts, tokens)]
-            r["rm"] = score_sequences(rm, seqs, "cpu").mean().item()
+            r["rm"] = score_sequences(rm, seqs).mean().item()
         results[name], responses[name] = r, (texts, ended)
         print(f"{name}: " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
 
@@ -133,11 +134,10 @@ def main(argv=None):
         cells = [f"{r['win']:.3f} ± {r['win_ci95']:.3f}" if c == "win" and c in r else
                  (f"{r[c]:.3f}" if c in r else "") for c in cols]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    with atomic_write(Path(args.out_dir) / "eval.json") as f:
         json.dump(results, f, indent=1)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -2,11 +2,11 @@
 Prepare the synthetic closed world: all four kinds of InstructGPT data, judged by programmatic labelers.
 
     python data/synthetic/prepare.py                      # default 1/5-of-the-paper sizes, ~15 s on 2 cores
-    python data/synthetic/prepare.py --scale=0.1          # a tiny version (all split sizes x 0.1)
+    python data/synthetic/prepare.py --scale=0.1         # a tiny version (all split sizes x 0.1)
     python data/synthetic/prepare.py --from_policy=out/sft/sft.pt   # "rinse and repeat": add policy samples
                                                                       # to the candidates the labelers rank
 
-Writes into --out (default data/synthetic/):
+Writes into --out_dir (default data/synthetic/):
     pretrain_{train,val}.jsonl     {"text"}                 the base model's corpus (also ptx data and the
                                                              held-out text for the alignment tax)
     sft_{train,val}.jsonl          {"prompt", "response"}   labeler demonstrations
@@ -17,16 +17,23 @@ Writes into --out (default data/synthetic/):
 Every split uses its own prompts: no prompt appears in two splits. Same --seed, same bytes.
 Default sizes are the paper's (SFT 13k, RM 33k, PPO 31k prompts) divided by 5.
 """
-import argparse
 import random
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import tiktoken  # noqa: E402
+
+from common import parse_config, run  # noqa: E402
+from data.formats import write_jsonl  # noqa: E402
+from data.loader import generate_responses  # noqa: E402
 from data.synthetic import corpus, labelers, responses, tasks  # noqa: E402
+from data.tokenizer import Tokenizer, VocabularyError  # noqa: E402
+from model import load_model  # noqa: E402
 
 # split name -> (default size, the file it goes to). Order matters: earlier splits claim their prompts
 # first, so the test prompts depend only on the seed, not on the training sizes.
@@ -34,21 +41,26 @@ PROMPT_SPLITS = [("test", 500), ("ppo_val", 500), ("sft_val", 300), ("rm_val", 7
                  ("sft_train", 2600), ("rm_train", 6600), ("ppo_train", 6200)]
 
 
-def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent), help="output folder")
-    p.add_argument("--seed", type=int, default=1337, help="everything is a function of this seed")
-    for name, n in PROMPT_SPLITS:
-        p.add_argument(f"--{name}", type=int, default=n, help=f"number of prompts (default {n})")
-    p.add_argument("--pretrain_tokens", type=int, default=1_500_000, help="GPT-2 tokens of pretrain_train")
-    p.add_argument("--pretrain_val_tokens", type=int, default=75_000, help="GPT-2 tokens of pretrain_val")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every size above by this")
-    p.add_argument("--from_policy", default=None, help="checkpoint whose samples join the ranked candidates")
-    p.add_argument("--policy_samples", type=int, default=2, help="samples per RM prompt with --from_policy")
-    p.add_argument("--policy_max_tokens", type=int, default=48, help="max new tokens per policy sample")
-    p.add_argument("--device", default="cpu", help="device for --from_policy sampling")
-    p.add_argument("--quiet", action="store_true", help="print nothing")
-    return p.parse_args(argv)
+@dataclass
+class PrepareConfig:
+    """Write the synthetic world's data files (and judge.json, which lets the stages find its labelers)."""
+    out_dir: str = "data/synthetic"  # output folder
+    seed: int = 1337  # everything is a function of this seed
+    test: int = 500  # held-out evaluation prompts (never trained or tuned on)
+    ppo_val: int = 500  # PPO validation prompts (tuning, and ppo.py's final comparison)
+    sft_val: int = 300  # SFT validation demonstrations
+    rm_val: int = 700  # reward-model validation rankings
+    sft_train: int = 2600  # demonstrations
+    rm_train: int = 6600  # rankings
+    ppo_train: int = 6200  # PPO prompts
+    pretrain_tokens: int = 1_500_000  # GPT-2 tokens of pretrain_train
+    pretrain_val_tokens: int = 75_000  # GPT-2 tokens of pretrain_val
+    scale: float = 1.0  # multiply every size above by this
+    from_policy: str = ""  # checkpoint whose samples join the ranked candidates ("rinse and repeat")
+    policy_samples: int = 2  # samples per RM prompt with --from_policy
+    policy_max_tokens: int = 48  # max new tokens per policy sample
+    device: str = "cpu"  # device for --from_policy sampling
+    quiet: bool = False  # print nothing
 
 
 def split_prompts(sizes: dict, seed: int) -> dict:
@@ -84,41 +96,23 @@ def pretrain_docs(n_tokens: int, rng, enc) -> tuple[list[dict], int]:
 
 def policy_samples(path, prompts, n, max_tokens, device, seed) -> dict:
     """prompt -> [(response, ended)], n samples each from the checkpoint's policy (temperature 1)."""
-    import torch
-    from data.formats import render_prompt
-    from model import load_model
-    torch.manual_seed(seed)
-    model, tok, _ = load_model(path, device)
-    model.eval()
-    out = {p: [] for p in prompts}
-    encoded = {}
+    model, ckpt = load_model(path, device)
+    tok = Tokenizer.from_state(ckpt["tokenizer"])
+    fits = []
     for p in prompts:
         try:
-            encoded[p] = tok.encode(render_prompt(p))
-        except ValueError:  # a token outside the policy's compact vocabulary: no samples for this prompt
+            tok.encode(p)
+            fits.append(p)
+        except VocabularyError:  # outside the policy's compact vocabulary: no samples for this prompt
             pass
-    if len(encoded) < len(prompts):
-        print(f"--from_policy: {len(prompts) - len(encoded)} prompts skipped (outside the policy's vocabulary)")
-    jobs = [p for p in prompts if p in encoded for _ in range(n)]
-    for i in range(0, len(jobs), 64):
-        chunk = jobs[i:i + 64]
-        ids = [encoded[p] for p in chunk]
-        T = max(map(len, ids))
-        # Left padding so that every row's next token follows its own prompt.
-        idx = torch.full((len(ids), T), tok.eos_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), T), dtype=torch.bool)
-        for r, x in enumerate(ids):
-            idx[r, T - len(x):] = torch.tensor(x)
-            mask[r, T - len(x):] = True
-        with torch.no_grad():
-            gen = model.generate(idx.to(device), max_tokens, temperature=1.0, attention_mask=mask.to(device),
-                                 eos_id=tok.eos_id)[:, T:].tolist()
-        for p, row in zip(chunk, gen):
-            ended = tok.eos_id in row
-            row = row[: row.index(tok.eos_id)] if ended else row
-            text = tok.decode(row).strip()
-            if text:
-                out[p].append((text, ended))
+    if len(fits) < len(prompts):
+        print(f"--from_policy: {len(prompts) - len(fits)} prompts skipped (outside the policy's vocabulary)")
+    jobs = [p for p in fits for _ in range(n)]
+    texts, ended, _ = generate_responses(model, tok, jobs, max_tokens, temperature=1.0, seed=seed)
+    out = {p: [] for p in prompts}
+    for p, text, e in zip(jobs, texts, ended):
+        if text:
+            out[p].append((text, e))
     return out
 
 
@@ -134,27 +128,6 @@ def comparisons(prompts, rng, extra=None) -> list[dict]:
         ranked = responses.ranking(p, pool, labeler, k, rng, not_ended)
         records.append({"prompt": p, "responses": ranked})
     return records
-
-
-def write(path, records):
-    try:
-        from data.formats import write_jsonl
-    except ImportError:  # data/formats.py not there (yet): the same atomic write, privately
-        write_jsonl = _write_jsonl
-    return write_jsonl(path, records)
-
-
-def _write_jsonl(path, records):
-    import json
-    import os
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return len(records)
 
 
 def texts_of(records) -> list[str]:
@@ -192,7 +165,6 @@ def build(args) -> dict:
     for split in ("train", "val", "test"):
         key = "test" if split == "test" else f"ppo_{split}"
         files[f"prompts_{split}.jsonl"] = [{"prompt": p} for p in prompts[key]]
-    import tiktoken
     enc = tiktoken.get_encoding("gpt2")
     files["pretrain_train.jsonl"], _ = pretrain_docs(round(args.pretrain_tokens * args.scale),
                                                      random.Random(f"{args.seed}:pretrain:train"), enc)
@@ -210,15 +182,15 @@ def measured_agreement(records, seed, labeler_set) -> float:
 
 
 def main(argv=None):
-    args = get_args(argv)
+    args = argv if isinstance(argv, PrepareConfig) else parse_config(PrepareConfig, argv)
     t0 = time.time()
     files = build(args)
-    out = Path(args.out)
+    out = Path(args.out_dir)
     for name, records in files.items():
-        write(out / name, records)
+        write_jsonl(out / name, records)
+    write_jsonl(out / "judge.json", [{"module": "data.synthetic.judge"}])  # how data.load_judge finds the labelers
     if args.quiet:
         return files
-    import tiktoken
     enc = tiktoken.get_encoding("gpt2")
     vocab = set()
     print(f"{'file':28s} {'records':>8s} {'MB':>7s} {'GPT-2 tokens':>13s}")
@@ -246,4 +218,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
