@@ -332,6 +332,9 @@ def main(argv=None, reward_fn=None):
     policy, ref_policy, value_model, reward_model, tok, resume = load_models(cfg, rt)
     reward_fn = reward_fn or reward_model_fn(reward_model, rt.autocast)
     judge = load_judge(cfg.data_dir)
+    if cfg.ptx_coef > 0 and not (Path(cfg.data_dir) / "pretrain_train.jsonl").exists():
+        raise ConfigError(f"--ptx_coef={cfg.ptx_coef} mixes in pretraining text, but {cfg.data_dir}/pretrain_train.jsonl "
+                          f"does not exist: prepare it, or run plain PPO with --ptx_coef=0")
     with vocabulary_of(cfg.init_from, cfg.data_dir):
         split = load_split(cfg.data_dir, "prompts", "train", tok)
         ptx_stream = load_split(cfg.data_dir, "pretrain", "train", tok).stream if cfg.ptx_coef > 0 else None
@@ -455,7 +458,7 @@ def main(argv=None, reward_fn=None):
             if rt.master and cfg.sample_interval and (it + 1) % cfg.sample_interval == 0:
                 for i in range(min(2, len(texts))):
                     tqdm.write(f"[{it + 1}] {tok.decode(prompts[i])!r} -> {texts[i]!r} (score {scores[i]:.2f})")
-            if (it + 1) % cfg.ckpt_interval == 0 or it + 1 == cfg.iterations or interrupt.requested():
+            if (cfg.ckpt_interval and (it + 1) % cfg.ckpt_interval == 0) or it + 1 == cfg.iterations or interrupt.requested():
                 save(it + 1)
                 if interrupt.requested() and it + 1 < cfg.iterations:
                     print(f"interrupted: saved {cfg.out_dir}/resume.pt; continue with --init_from=resume")

@@ -8,7 +8,10 @@ import torch
 
 import ppo
 from data.formats import render_prompt, render_response, write_jsonl
-from model import GPT, GPTConfig, Tokenizer, load_model, save_checkpoint
+from common import ConfigError
+from data.loader import encode_prompt
+from data.tokenizer import Tokenizer
+from model import GPT, GPTConfig, generate, load_model, response_logprobs, save_checkpoint
 
 
 def ragged_mask(lengths, T):
@@ -52,7 +55,7 @@ def world(tmp_path):
 
 
 def tiny_config(tmp_path, **kw):
-    cfg = dict(sft=str(tmp_path / "sft.pt"), reward_model=str(tmp_path / "reward.pt"),
+    cfg = dict(init_from=str(tmp_path / "sft.pt"), reward_model=str(tmp_path / "reward.pt"),
                data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), iterations=2, batch_size=16,
                minibatch_size=8, max_new_tokens=6, ptx_coef=0.0, sample_interval=0, ckpt_interval=0,
                eval_prompts=0, warmup_iters=0, device="cpu", seed=0)
@@ -178,10 +181,9 @@ def test_adaptive_kl_controller():
 
 
 def rollout(tok, model, max_new_tokens=10, seed=0):
-    from data.loader import encode_prompt
     torch.manual_seed(seed)
     prompts = [encode_prompt(tok, p) for p in PROMPTS * 2]
-    return prompts, ppo.sample_responses(model, prompts, max_new_tokens, 1.0, tok.eos_id)
+    return prompts, generate(model, prompts, max_new_tokens, 1.0, eos_id=tok.eos_id)
 
 
 def test_policy_equals_reference_kl_zero_ratio_one(world):
@@ -195,13 +197,13 @@ def test_policy_equals_reference_kl_zero_ratio_one(world):
     assert len(set(m.sum(1).tolist())) > 1, "want ragged responses"
     P = b["prompt_len"]
     with torch.no_grad():
-        logprobs = ppo.in_chunks(lambda s, a: ppo.response_logprobs(policy, s, a, P), b, 4, "seqs",
+        logprobs = ppo.in_chunks(lambda s, a: response_logprobs(policy, s, a, P), b, 4, "seqs",
                                  "attention_mask")
-        ref_logprobs = ppo.in_chunks(lambda s, a: ppo.response_logprobs(ref, s, a, P), b, 4, "seqs",
+        ref_logprobs = ppo.in_chunks(lambda s, a: response_logprobs(ref, s, a, P), b, 4, "seqs",
                                      "attention_mask")
         assert ((logprobs - ref_logprobs) * m).abs().max() == 0
         inds = torch.randperm(len(m))[:5]
-        new = ppo.response_logprobs(policy, b["seqs"][inds], b["attention_mask"][inds], P)
+        new = response_logprobs(policy, b["seqs"][inds], b["attention_mask"][inds], P)
     ratio = torch.exp(new - logprobs[inds])[m[inds].bool()]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-6, rtol=0)
     stats = ppo.policy_stats(new, logprobs[inds], m[inds])
@@ -215,11 +217,11 @@ def test_rollout_logprobs_equal_unpadded_forward(world):
     policy = tiny_gpt(tok.vocab_size)
     prompts, b = rollout(tok, policy)
     with torch.no_grad():
-        logprobs = ppo.response_logprobs(policy, b["seqs"], b["attention_mask"], b["prompt_len"])
+        logprobs = response_logprobs(policy, b["seqs"], b["attention_mask"], b["prompt_len"])
         for i, (p, r) in enumerate(zip(prompts, b["response_lists"])):
             assert tok.eos_id not in r[:-1] and (r[-1] == tok.eos_id) == bool(b["ended"][i])
             assert len(r) == int(b["response_mask"][i].sum())
-            alone = ppo.response_logprobs(policy, torch.tensor([p + r]), None, len(p))[0]
+            alone = response_logprobs(policy, torch.tensor([p + r]), None, len(p))[0]
             torch.testing.assert_close(logprobs[i, :len(r)], alone, atol=1e-5, rtol=1e-5)
 
 
@@ -229,7 +231,7 @@ def test_ptx_coef_scales_lm_gradient(world):
     policy = tiny_gpt(tok.vocab_size)
     _, b = rollout(tok, policy)
     with torch.no_grad():
-        logprobs = ppo.response_logprobs(policy, b["seqs"], b["attention_mask"], b["prompt_len"])
+        logprobs = response_logprobs(policy, b["seqs"], b["attention_mask"], b["prompt_len"])
     torch.manual_seed(1)
     mb = dict(b, logprobs=logprobs - 0.05 * torch.rand_like(logprobs),  # ratios != 1, some clipped
               advantages=torch.randn_like(logprobs) * b["response_mask"])
@@ -238,7 +240,7 @@ def test_ptx_coef_scales_lm_gradient(world):
 
     def grads(c):
         policy.zero_grad(set_to_none=True)
-        ppo.policy_backward(policy, mb, 0.2, 1.0, ptx_coef=c, ptx_batch=(x, y))
+        ppo.policy_backward(policy, mb, ppo.PPOConfig(ptx_coef=c, clip_eps=0.2), ptx_batch=(x, y))
         return torch.cat([p.grad.flatten() for p in policy.parameters()])
 
     g0, g = grads(0.0), grads(2.5)
@@ -274,22 +276,22 @@ def test_ppo_raises_a_known_reward(world):
 
 def test_ptx_run_saves_a_usable_policy_and_requires_pretrain_data(world):
     """PPO-ptx without pretraining data stops with a clear error; with it, ppo.pt loads as a language model
-    that generates, and resume.pt holds what --resume needs."""
+    that generates, and resume.pt holds what --init_from=resume needs."""
     tmp_path, tok = world
     cfg = tiny_config(tmp_path, ptx_coef=1.0, ptx_seq_len=8, ptx_batch_size=2)
-    with pytest.raises(FileNotFoundError, match="ptx_coef=0"):
+    with pytest.raises(ConfigError, match="ptx_coef=0"):
         ppo.main(cfg, reward_fn=lambda p, r: [0.0] * len(r))
     write_jsonl(tmp_path / "data" / "pretrain_train.jsonl", [{"text": "Human: a b yes no b a"}] * 4)
     history, _ = ppo.main(cfg, reward_fn=lambda p, r: [float(len(x)) for x in r])
     assert len(history) == 2 and "ptx_loss" in history[-1]
-    model, _, ckpt = load_model(str(tmp_path / "out" / "ppo.pt"))
+    model, ckpt = load_model(str(tmp_path / "out" / "ppo.pt"))
     assert ckpt["stage"] == "ppo" and not model.config.scalar_head
-    assert model.generate(torch.zeros(1, 3, dtype=torch.long), 4).shape == (1, 7)
+    assert generate(model, [[1, 2, 3]], 4)["seqs"].shape == (1, 7)
     resume = torch.load(tmp_path / "out" / "resume.pt", weights_only=True)
-    assert resume["iteration"] == 2 and {"value_model", "policy_optimizer", "kl_controller"} <= set(resume)
-    history, _ = ppo.main(dataclasses.replace(cfg, resume=True, iterations=3),
+    assert resume["step"] == 2 and resume["resumes"] == "ppo" and {"value_model", "optimizers", "kl_coef"} <= set(resume)
+    history, _ = ppo.main(dataclasses.replace(cfg, init_from="resume", iterations=3),
                           reward_fn=lambda p, r: [float(len(x)) for x in r])
-    assert [m["iter"] for m in history] == [3]
+    assert [m["step"] for m in history] == [3]
 
 
 def test_nan_stops_before_the_step_and_keeps_the_checkpoint(world):
@@ -301,3 +303,74 @@ def test_nan_stops_before_the_step_and_keeps_the_checkpoint(world):
     with pytest.raises(FloatingPointError, match="policy loss"):
         ppo.main(dataclasses.replace(cfg, ckpt_interval=1), reward_fn=lambda p, r: [float("nan")] * len(r))
     assert (tmp_path / "out" / "ppo.pt").read_bytes() == before
+
+
+# -----------------------------------------------------------------------------
+# invariants that plausible bugs break (each of these bugs survived an earlier version of the suite)
+
+
+def test_masked_means_are_token_means_over_ragged_rows():
+    """masked_mean, policy_loss and value_loss average over every real token of the batch, not over per-row
+    means: a 1-token row weighs 1/5 of a batch whose other row has 4 tokens, not 1/2."""
+    x = torch.tensor([[1.0, 9.0, 9.0, 9.0], [2.0, 4.0, 6.0, 8.0]])
+    mask = ragged_mask([1, 4], 4)
+    assert ppo.masked_mean(x, mask).item() == pytest.approx((1 + 2 + 4 + 6 + 8) / 5)
+    adv, zero = torch.randn(2, 4), torch.zeros(2, 4)
+    real = mask.bool()
+    assert ppo.policy_loss(zero, zero, adv, mask).item() == pytest.approx(-adv[real].mean().item(), rel=1e-5)
+    returns = torch.randn(2, 4)
+    want = 0.5 * (returns[real] ** 2).mean().item()  # V = V_old = 0: the unclipped squared error
+    assert ppo.value_loss(zero, zero, returns, mask).item() == pytest.approx(want, rel=1e-5)
+    # n_tokens divides instead of the local count: DDP's rank average then equals the global token mean
+    assert ppo.masked_mean(x, mask, n_tokens=10.0).item() == pytest.approx(21 / 10)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
+def test_logprobs_are_those_of_the_tempered_distribution(temperature):
+    """response_logprobs at temperature T equals log softmax(logits / T) at each sampled token, computed by hand."""
+    m = tiny_gpt(20)
+    seqs = torch.randint(0, 20, (3, 9))
+    got = response_logprobs(m, seqs, None, 4, temperature)
+    logits = m(seqs)[0].double()
+    for b in range(3):
+        for t in range(5):
+            z = logits[b, 3 + t] / temperature
+            want = (z[seqs[b, 4 + t]] - torch.logsumexp(z, 0)).item()
+            assert got[b, t].item() == pytest.approx(want, abs=1e-5)
+
+
+def test_value_of_a_token_sees_only_the_tokens_before_it():
+    """values[:, t] = V(prompt + response[:t]): changing response token t changes no value at or before t."""
+    vm = tiny_gpt(20, scalar_head=True)
+    torch.nn.init.normal_(vm.score_head.weight)
+    seqs = torch.randint(0, 20, (2, 10))
+    P = 4
+    base = ppo.response_values(vm, seqs, None, P)
+    for t in range(6):
+        changed = seqs.clone()
+        changed[:, P + t] = (changed[:, P + t] + 1) % 20
+        after = ppo.response_values(vm, changed, None, P)
+        torch.testing.assert_close(after[:, :t + 1], base[:, :t + 1])
+        if t < 5:
+            assert not torch.allclose(after[:, t + 1:], base[:, t + 1:])
+
+
+def test_kl_is_measured_against_the_frozen_reference_after_the_policy_moved(world):
+    """Once PPO has moved the policy, the logged KL and the KL part of the reward are those against the frozen
+    SFT model: positive, and equal to a recomputation of log pi(y) - log pi_SFT(y) on the policy's samples.
+    (Measured against the rollout's own logprobs, the old policy, they would be exactly 0.)"""
+    tmp_path, tok = world
+    yes = tok.encode(" yes")[0]
+    cfg = tiny_config(tmp_path, iterations=6, batch_size=32, minibatch_size=16, lr=3e-3, value_lr=3e-3,
+                      kl_coef=0.05, no_eos_penalty=None)
+    history, _ = ppo.main(cfg, reward_fn=lambda p, r: [sum(t == yes for t in x) / len(x) for x in r])
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # iteration 0: the policy is the reference
+    assert history[-1]["kl"] > 0.05 and history[-1]["non_score_reward"] == pytest.approx(-0.05 * history[-1]["kl"])
+    policy, _ = load_model(str(tmp_path / "out" / "ppo.pt"))
+    ref, _ = load_model(str(tmp_path / "sft.pt"))
+    torch.manual_seed(0)
+    b = generate(policy, [encode_prompt(tok, p) for p in PROMPTS * 8], 6, 1.0, eos_id=tok.eos_id)
+    with torch.no_grad():
+        kl = ((response_logprobs(policy, b["seqs"], b["attention_mask"], b["prompt_len"])
+               - response_logprobs(ref, b["seqs"], b["attention_mask"], b["prompt_len"])) * b["response_mask"]).sum(1)
+    assert kl.mean().item() > 0.05

@@ -3,6 +3,7 @@ the demonstration normalisation, and a tiny end-to-end run that learns a ranking
 
 import math
 import random
+import signal
 
 import pytest
 import torch
@@ -10,7 +11,10 @@ import torch
 import model as M
 import reward as R
 from data.formats import read_jsonl, render_prompt, render_response, write_jsonl
-from data.loader import encode_prompt, encode_response, pad_right
+from common import load_lm
+from data.loader import encode_prompt, encode_response
+from data.tokenizer import Tokenizer
+from model import pad_right
 
 # -----------------------------------------------------------------------------
 # ranking_loss
@@ -98,7 +102,7 @@ def tiny_rm(seed=0, vocab=40, block_size=32):
 def test_rewards_at_last_token_reads_index_length_minus_one():
     """rewards_at_last_token picks scores[b, lengths[b] - 1] for every row."""
     scores = torch.arange(12.0).view(3, 4)
-    assert R.rewards_at_last_token(scores, torch.tensor([1, 4, 2])).tolist() == [0.0, 7.0, 9.0]
+    assert M.rewards_at_last_token(scores, torch.tensor([1, 4, 2])).tolist() == [0.0, 7.0, 9.0]
 
 
 def test_reward_is_read_at_last_real_token_whatever_the_padding():
@@ -107,15 +111,15 @@ def test_reward_is_read_at_last_real_token_whatever_the_padding():
     m = tiny_rm()
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(1, 40, (n,), generator=g) for n in (5, 17, 9, 30)]
-    batch = R.score_sequences(m, seqs, "cpu")
+    batch = M.score_sequences(m, seqs)
     for i, s in enumerate(seqs):
-        alone = R.score_sequences(m, [s], "cpu")[0]
+        alone = M.score_sequences(m, [s])[0]
         scores, _ = m(s[None])
         assert batch[i].item() == pytest.approx(alone.item(), abs=1e-5)
         assert alone.item() == pytest.approx(scores[0, -1].item(), abs=1e-6)
     # the pad value does not matter either: the reward of seqs[0] is the same with a different pad id
     idx, lengths = pad_right(seqs, pad=39)
-    other = R.rewards_at_last_token(m(idx)[0], lengths)
+    other = M.rewards_at_last_token(m(idx)[0], lengths)
     torch.testing.assert_close(other, batch, atol=1e-5, rtol=1e-5)
 
 
@@ -154,7 +158,7 @@ def write_world(root, n_train=320, n_val=96, seed=0):
                 [{"prompt": r["prompt"], "response": r["responses"][0]} for r in splits["train"][:64]])
     texts = [render_prompt(r["prompt"]) for s in splits.values() for r in s]
     texts += [render_response(x) for s in splits.values() for r in s for x in r["responses"]]
-    return M.Tokenizer.build_compact(texts)
+    return Tokenizer.build_compact(texts)
 
 
 def write_lm_checkpoint(path, tok, stage="sft"):
@@ -164,10 +168,10 @@ def write_lm_checkpoint(path, tok, stage="sft"):
 
 
 def train(root, out, *args, init="sft.pt"):
-    """reward.main on the tiny world in root, on the CPU, without the synthetic judge; returns its metrics."""
+    """reward.main on the tiny world in root, on the CPU; returns its metrics."""
     init = init if init == "resume" else root / init
     return R.main([f"--init_from={init}", f"--data_dir={root}", f"--out_dir={out}", "--device=cpu",
-                   "--judge=false", "--eval_interval=0", *args])
+                   "--eval_interval=0", *args])
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +194,12 @@ def test_tiny_run_beats_chance(tiny_run):
 def test_normalisation_bias_gives_demonstrations_mean_zero(tiny_run):
     """After training, the head's bias (stored as reward_bias too) makes the demonstrations' mean reward 0."""
     metrics, data, out = tiny_run
-    rm, tok, ckpt = M.load_model(str(out / "reward.pt"), stages=("reward",))
+    rm, tok, ckpt = load_lm(str(out / "reward.pt"), stages=("reward",))
     assert ckpt["reward_bias"] == pytest.approx(rm.score_head.bias.item())
     assert ckpt["reward_bias"] != 0.0  # the trained head was not centred before
     demos = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r["response"])
              for r in read_jsonl(data / "sft_train.jsonl")]
-    rewards = R.score_sequences(rm.eval(), demos, "cpu")
+    rewards = M.score_sequences(rm.eval(), demos)
     assert rewards.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert rewards.std().item() > 1e-3  # centred, not collapsed
 
@@ -208,17 +212,23 @@ def test_wrong_stage_checkpoint_is_refused(tmp_path, stage):
         train(tmp_path, tmp_path / "out", init="x.pt")
 
 
-def test_resume_continues_exactly(tmp_path):
-    """Continuing from resume.pt with --init_from=resume gives the weights of the uninterrupted run."""
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """Ctrl-C during step 3 saves resume.pt at step 4 and exits 130; --init_from=resume then gives bitwise
+    the weights of the uninterrupted run."""
     write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=64, n_val=16))
-    args = ["--batch_size=8", "--max_steps=6", "--ckpt_interval=4"]
-    train(tmp_path, tmp_path / "out", *args)
-    straight = torch.load(tmp_path / "out" / "reward.pt", weights_only=True)["model"]
-    assert torch.load(tmp_path / "out" / "resume.pt", weights_only=True)["step"] == 4
-    train(tmp_path, tmp_path / "out", *args, init="resume")  # steps 5 and 6 again, from the step-4 state
-    resumed = torch.load(tmp_path / "out" / "reward.pt", weights_only=True)["model"]
+    args = ["--batch_size=8", "--max_steps=6", "--ckpt_interval=100"]
+    train(tmp_path, tmp_path / "a", *args)
+    real_lr = R.cosine_lr
+    monkeypatch.setattr(R, "cosine_lr", lambda step, *a: (signal.raise_signal(signal.SIGINT) if step == 3 else None)
+                        or real_lr(step, *a))
+    with pytest.raises(SystemExit) as stop:
+        train(tmp_path, tmp_path / "b", *args)
+    monkeypatch.setattr(R, "cosine_lr", real_lr)
+    assert stop.value.code == 130 and torch.load(tmp_path / "b" / "resume.pt", weights_only=True)["step"] == 4
+    train(tmp_path, tmp_path / "b", *args, init="resume")
+    straight, resumed = (torch.load(tmp_path / d / "reward.pt", weights_only=True)["model"] for d in "ab")
     for k in straight:
-        torch.testing.assert_close(resumed[k], straight[k], rtol=0, atol=1e-6)
+        assert torch.equal(resumed[k], straight[k]), k
 
 
 def test_nan_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
@@ -226,7 +236,7 @@ def test_nan_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
     write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=32, n_val=8))
     real_loss = R.ranking_loss
     monkeypatch.setattr(R, "ranking_loss", lambda r, n=None: real_loss(r, n) * float("nan"))
-    with pytest.raises(FloatingPointError, match="step 0: the ranking loss is nan"):
+    with pytest.raises(FloatingPointError, match="the ranking loss is nan at step 0"):
         train(tmp_path, tmp_path / "out", "--batch_size=8")
     assert not (tmp_path / "out" / "reward.pt").exists()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch.multiprocessing as mp
 import sft
 from data.formats import render_prompt, render_response
 from data.loader import load_split
-from model import GPT, GPTConfig, Tokenizer, load_checkpoint
+from data.tokenizer import Tokenizer
+from model import GPT, GPTConfig, load_checkpoint
 
 WORDS = "red blue green cat dog fish one two three four five six".split()
 
@@ -93,29 +95,32 @@ def test_tiny_run_val_loss_falls(tmp_path):
     assert load_checkpoint(f"{out}/sft.pt", stages=("sft",))["tokenizer"]["vocab"] is not None
 
 
-def test_resume_is_exact(tmp_path, monkeypatch):
-    """An interrupted (Ctrl-C) and resumed run ends with the same weights as an uninterrupted one."""
+def test_ctrl_c_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, monkeypatch):
+    """Ctrl-C finishes the current step, saves resume.pt and exits 130; resumed, the run ends with the same
+    weights as an uninterrupted one."""
     d = write_dataset(tmp_path / "data")
-    args = [f"--data_dir={d}", "--mode=pretrain", "--epochs=1", "--dropout=0.1", "--eval_interval=3",
+    args = [f"--data_dir={d}", "--mode=pretrain", "--epochs=3", "--dropout=0.1", "--eval_interval=3",
             "--ckpt_interval=100", *TINY]
     sft.main(args + [f"--out_dir={tmp_path}/a"])
     real_lr = sft.cosine_lr
 
-    def interrupt_at_4(step, *a, **k):
+    def ctrl_c_at_4(step, *a, **k):
         if step == 4:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)
         return real_lr(step, *a, **k)
 
-    monkeypatch.setattr(sft, "cosine_lr", interrupt_at_4)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(sft, "cosine_lr", ctrl_c_at_4)
+    with pytest.raises(SystemExit) as stop:
         sft.main(args + [f"--out_dir={tmp_path}/b"])
     monkeypatch.setattr(sft, "cosine_lr", real_lr)
-    assert load_checkpoint(f"{tmp_path}/b/resume.pt")["step"] == 4
+    assert stop.value.code == 130 and load_checkpoint(f"{tmp_path}/b/resume.pt")["step"] == 5
     sft.main(args + [f"--out_dir={tmp_path}/b", "--init_from=resume"])
     a, b = load_checkpoint(f"{tmp_path}/a/resume.pt"), load_checkpoint(f"{tmp_path}/b/resume.pt")
-    assert a["step"] == b["step"] > 4
+    assert a["step"] == b["step"] > 5
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    steps = [r["step"] for r in map(json.loads, open(f"{tmp_path}/b/metrics.jsonl")) if "loss" in r]
+    assert steps == sorted(set(steps))  # the log reads as one run
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -129,7 +134,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return real(logits, y) * (float("nan") if calls["n"] > 3 else 1.0)
 
     monkeypatch.setattr(sft, "lm_loss_sum", nan_after_3)
-    with pytest.raises(FloatingPointError, match="loss is nan at step 3"):
+    with pytest.raises(FloatingPointError, match="is nan at step 3"):
         sft.main([f"--data_dir={d}", "--mode=pretrain", "--epochs=1", f"--out_dir={tmp_path}/o",
                   "--eval_interval=2", *TINY])
     ckpt = load_checkpoint(f"{tmp_path}/o/pretrain.pt")

@@ -2,7 +2,6 @@
 import json
 import random
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,15 @@ def gold(prompt, response, ended=True):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("syn")
-    files = prepare.main(TINY + [f"--out={out}"])
+    files = prepare.main(TINY + [f"--out_dir={out}"])
     return out, files
 
 
 def test_same_seed_same_bytes(tiny, tmp_path):
     """Preparing twice with the same seed writes byte-identical files; another seed changes them."""
     out, files = tiny
-    prepare.main(TINY + [f"--out={tmp_path / 'a'}"])
-    prepare.main(TINY + [f"--out={tmp_path / 'b'}", "--seed=7"])
+    prepare.main(TINY + [f"--out_dir={tmp_path / 'a'}"])
+    prepare.main(TINY + [f"--out_dir={tmp_path / 'b'}", "--seed=7"])
     for name in files:
         assert (out / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
     assert (out / "sft_train.jsonl").read_bytes() != (tmp_path / "b" / "sft_train.jsonl").read_bytes()
@@ -236,31 +235,16 @@ def test_vocabulary_small(tiny):
 
 
 def test_from_policy_samples_join_candidates(tmp_path, monkeypatch):
-    """--from_policy samples a fake policy and its responses appear among the ranked candidates."""
-    import torch
+    """--from_policy samples the policy (here a stand-in sampler) and its responses join the ranked candidates."""
+    calls = []
 
-    class FakeTok:
-        eos_id = 0
-        words = ["", " 19", " banana", " 7"]
+    def fake_generate(model, tok, prompts, max_new_tokens, temperature=1.0, seed=None, **kw):
+        calls.append((len(prompts), temperature, seed))
+        return ["banana 7"] * len(prompts), [True] * len(prompts), [[1, 0]] * len(prompts)
 
-        def encode(self, text):
-            return [1] * (len(text) % 7 + 3)
-
-        def decode(self, ids):
-            return "".join(self.words[i] for i in ids)
-
-    class FakeModel:
-        def eval(self):
-            return self
-
-        def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, attention_mask=None,
-                     eos_id=None):
-            new = torch.tensor([[2, 3, 0]] * idx.shape[0])  # " banana 7" then EOS
-            return torch.cat([idx, new], 1)
-
-    fake = types.ModuleType("model")
-    fake.load_model = lambda path, device="cpu": (FakeModel(), FakeTok(), {})
-    monkeypatch.setitem(sys.modules, "model", fake)
-    files = prepare.main(["--scale=0.005", "--quiet", f"--out={tmp_path}", "--from_policy=fake.pt"])
+    monkeypatch.setattr(prepare, "load_model", lambda path, device="cpu": (None, {"tokenizer": {"encoding": "gpt2",
+                                                                                                  "vocab": None}}))
+    monkeypatch.setattr(prepare, "generate_responses", fake_generate)
+    files = prepare.main(["--scale=0.005", "--quiet", f"--out_dir={tmp_path}", "--from_policy=fake.pt"])
     ranked = [x for r in files["comparisons_train.jsonl"] for x in r["responses"]]
-    assert "banana 7" in ranked
+    assert "banana 7" in ranked and calls and calls[0][1] == 1.0

@@ -1,0 +1,139 @@
+"""Invariants of the run harness (common.py) and the tokenizer: config parsing, schedules, one-line
+errors for user mistakes, the metrics log across a resume."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import common as C
+from data.formats import write_jsonl
+from data.tokenizer import Tokenizer, VocabularyError
+from model import GPT, GPTConfig, save_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_compact_tokenizer_round_trip_and_unknown_text():
+    """A compact vocabulary encodes and decodes its texts exactly and refuses text outside it clearly."""
+    texts = ["The capital of Zorbia is Quelt.", "Count from 1 to 5."]
+    tok = Tokenizer.build_compact(texts)
+    assert tok.eos_id == 0 and tok.vocab_size < 40
+    for t in texts:
+        assert tok.decode(tok.encode(t)) == t
+    assert Tokenizer.from_state(tok.state()).encode(texts[0]) == tok.encode(texts[0])
+    with pytest.raises(VocabularyError, match="not in the compact vocabulary"):
+        tok.encode("a giraffe")
+    full = Tokenizer()
+    assert full.eos_id == 50256 and full.decode(full.encode("hello world")) == "hello world"
+
+
+@dataclass
+class DemoConfig:
+    """A demo stage."""
+    mode: str = "b"  # which mode
+    lr: float = 1e-3  # peak learning rate
+    steps: int = 10  # optimizer steps
+    compile: bool = False  # torch.compile the model
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    init: str | None = None  # optional checkpoint
+
+
+def test_parse_config_types_and_errors(capsys):
+    """--key=value overrides are typed, bare --flag sets a bool, unknown keys and bad values are refused."""
+    cfg = C.parse_config(DemoConfig, ["--lr=0.5", "--steps=3", "--compile", "--betas=0.8,0.9", "--init=none"])
+    assert cfg == DemoConfig(lr=0.5, steps=3, compile=True, betas=(0.8, 0.9), init=None)
+    assert C.parse_config(DemoConfig, ["--init=a.pt"]).init == "a.pt"
+    for bad in (["--nope=1"], ["--steps=x"], ["steps=3"], ["--steps"], ["--compile=maybe"]):
+        with pytest.raises(C.ConfigError):
+            C.parse_config(DemoConfig, bad)
+
+
+def test_per_mode_defaults_and_help(capsys):
+    """--mode picks that mode's defaults, explicit flags win over them, and --help shows every mode's value."""
+    modes = {"b": {}, "a": {"lr": 0.1, "steps": 99}}
+    assert C.parse_config(DemoConfig, ["--mode=a"], modes) == DemoConfig(mode="a", lr=0.1, steps=99)
+    assert C.parse_config(DemoConfig, ["--mode=a", "--lr=0.2"], modes).lr == 0.2
+    assert C.parse_config(DemoConfig, [], modes) == DemoConfig()
+    with pytest.raises(C.ConfigError, match="--mode must be one of"):
+        C.parse_config(DemoConfig, ["--mode=c"], modes)
+    with pytest.raises(SystemExit):
+        C.parse_config(DemoConfig, ["--help"], modes)
+    out = capsys.readouterr().out
+    lr_line = next(line for line in out.splitlines() if "--lr=" in line)
+    assert "--lr=0.001" in lr_line and "peak learning rate" in lr_line and "a: 0.1" in lr_line
+    import sft  # the real stage: every default written out, none a -1 resolved later
+    with pytest.raises(SystemExit):
+        C.parse_config(sft.SFTConfig, ["--help"], sft.MODES)
+    assert "=-1" not in capsys.readouterr().out
+
+
+def test_cosine_schedule_values():
+    """Warmup rises linearly; cosine decays from the peak to 10% of it, half-way at the middle."""
+    assert C.cosine_lr(0, 100, 1.0, warmup_steps=10) == pytest.approx(0.1)
+    assert C.cosine_lr(9, 100, 1.0, warmup_steps=10) == pytest.approx(1.0)
+    assert C.cosine_lr(0, 100, 1.0) == pytest.approx(1.0)
+    assert C.cosine_lr(50, 100, 1.0) == pytest.approx(0.55)
+    assert C.cosine_lr(100, 100, 1.0) == pytest.approx(0.1)
+    assert C.cosine_lr(500, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_optimizer_step_refuses_a_nan_gradient():
+    """A non-finite gradient norm stops before the step: the weights are untouched."""
+    m = torch.nn.Linear(3, 1)
+    opt = C.configure_optimizer(m, 0.1)
+    before = [p.detach().clone() for p in m.parameters()]
+    (m(torch.ones(1, 3)) * float("nan")).sum().backward()
+    with pytest.raises(FloatingPointError, match="stopped before the optimizer step"):
+        C.optimizer_step(m, opt, torch.amp.GradScaler("cuda", enabled=False), 1.0, "at step 0")
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_metrics_log_drops_lines_after_the_resume_point(tmp_path):
+    """A resumed run's metrics.jsonl reads as one run: lines written after the resume step are dropped."""
+    log = C.MetricsLog(str(tmp_path))
+    for step in range(1, 6):
+        log({"step": step, "loss": 1.0 / step})
+    C.MetricsLog(str(tmp_path), resume_step=3)({"step": 4, "loss": 0.0})
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]
+
+
+def run_script(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": REPO}
+    return subprocess.run([sys.executable, os.path.join(REPO, args[0]), *args[1:]], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["sft.py", "--epoch=3"], "unknown option --epoch"),
+    (["reward.py", "--lr=fast"], "--lr takes a float"),
+    (["ppo.py", "--init_from=nothing.pt"], "nothing.pt: no such checkpoint"),
+    (["sft.py", "--data_dir=nowhere"], "out/pretrain/pretrain.pt: no such checkpoint"),
+])
+def test_user_errors_are_one_line(tmp_path, args, says):
+    """A bad flag, a bad value or a missing checkpoint prints one line `error: ...` and exits 1."""
+    r = run_script(*args, cwd=tmp_path)
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error:") and says in err[0], r.stderr
+
+
+def test_vocabulary_mismatch_names_the_fix(tmp_path):
+    """SFT from a checkpoint whose compact vocabulary cannot encode the data is refused in one line that
+    names the checkpoint it defaulted to and how to fix it."""
+    tok = Tokenizer.build_compact(["Human: hi\n\nAssistant: hello"])
+    os.makedirs(tmp_path / "out" / "pretrain")
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8))
+    save_checkpoint(str(tmp_path / "out" / "pretrain" / "pretrain.pt"), stage="pretrain", model=model,
+                    run_config={}, tokenizer=tok)
+    for split in ("train", "val"):
+        write_jsonl(tmp_path / "d" / f"sft_{split}.jsonl", [{"prompt": "giraffes?", "response": "zebras"}])
+    r = run_script("sft.py", "--data_dir=d", "--device=cpu", cwd=tmp_path)
+    assert "starting from out/pretrain/pretrain.pt (the default" in r.stdout
+    err = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and len(err) == 1, r.stderr
+    assert "not in the compact vocabulary" in err[0] and "--init_from=gpt2" in err[0] and "--mode=pretrain" in err[0]

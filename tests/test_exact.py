@@ -1,0 +1,262 @@
+"""Exactness of the run harness: a SIGKILLed and resumed CPU run of every stage ends bitwise where an
+uninterrupted one does, and N gloo processes train as one process does on the same global batch."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import ppo
+import reward
+from data.formats import write_jsonl
+from data.tokenizer import dataset_tokenizer
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "red blue green cat dog fish one two three four five six".split()
+TIMING = ("tokens_per_s", "seconds", "mfu")  # the only metrics that may differ between two exact runs
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on 2 shared cores: intra-op threads cost more than they give."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A data dir with every file the stages read (over a few-word compact vocabulary), a random tiny
+    'SFT' GPT and a random tiny 'reward' GPT (scalar head) in the formats the stages save."""
+    root = tmp_path_factory.mktemp("exact")
+    data = root / "data"
+    rng = np.random.default_rng(0)
+
+    def phrase(lo=1, hi=4):
+        return " ".join(rng.choice(WORDS, size=rng.integers(lo, hi)))
+
+    for split, n in (("train", 64), ("val", 8)):
+        write_jsonl(data / f"pretrain_{split}.jsonl",
+                    [{"text": " ".join(np.roll(WORDS, -rng.integers(len(WORDS)))[:8]) + "."} for _ in range(4 * n)])
+        sft_recs = []
+        for _ in range(n):
+            w = phrase()
+            sft_recs.append({"prompt": f"repeat: {w}", "response": w})
+        write_jsonl(data / f"sft_{split}.jsonl", sft_recs)
+        comparisons = []
+        for _ in range(n // 2):  # K = 2..4 distinct responses, best first
+            w, k = phrase(), int(rng.integers(2, 5))
+            responses = [w] + [f"{w} {x}" for x in rng.choice(WORDS, size=k - 1, replace=False)]
+            comparisons.append({"prompt": f"repeat: {w}", "responses": responses})
+        write_jsonl(data / f"comparisons_{split}.jsonl", comparisons)
+        write_jsonl(data / f"prompts_{split}.jsonl", [{"prompt": f"repeat: {phrase()}"} for _ in range(n // 4)])
+    tok = dataset_tokenizer(str(data))  # data/vocab.json, as sft.py --init_from=scratch builds it
+    config = dict(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    torch.manual_seed(0)
+    save_checkpoint(str(root / "sft.pt"), stage="sft", model=GPT(GPTConfig(**config)), run_config={}, tokenizer=tok)
+    rm = GPT(GPTConfig(**config, scalar_head=True))
+    torch.nn.init.normal_(rm.score_head.weight, std=0.5)  # a fresh head scores everything 0: give it opinions
+    save_checkpoint(str(root / "reward.pt"), stage="reward", model=rm, run_config={}, tokenizer=tok)
+    return root
+
+
+# -----------------------------------------------------------------------------
+# SIGKILL and resume
+
+
+def start(script, args, out_dir, log):
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, script, *args, f"--out_dir={out_dir}"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def metrics(out_dir):
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def finish(proc, log, timeout=60):
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        rc = "timeout"
+    assert rc == 0, f"{proc.args} exited with {rc}:\n{Path(log.name).read_text()[-3000:]}"
+
+
+def kill_past(proc, out_dir, step, timeout=60):
+    """SIGKILL proc as soon as its metrics.jsonl shows a step > step. True if it was still running then."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if any(r.get("step", 0) > step for r in metrics(out_dir)):
+            os.kill(proc.pid, signal.SIGKILL)
+            return proc.wait() == -signal.SIGKILL  # a 0 here: it had finished before the signal landed
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    return False
+
+
+def kill_and_resume(tmp_path, script, args, length, ckpt_interval):
+    """
+    Run `script args length(n)` twice at once: a reference run to the end, and one SIGKILLed after resume.pt
+    was rewritten past its first save, then resumed with --init_from=resume to the end. A kill that comes
+    too late (the run had finished) retries with 4x the steps. Returns (reference out_dir, resumed out_dir).
+    """
+    for attempt, n in enumerate((1, 4, 16)):
+        a, b = tmp_path / f"ref{attempt}", tmp_path / f"killed{attempt}"
+        with open(tmp_path / f"ref{attempt}.log", "w") as la, open(tmp_path / f"killed{attempt}.log", "w") as lb:
+            run_args = [*args, *length(n), f"--ckpt_interval={ckpt_interval}", "--device=cpu"]
+            ref, victim = start(script, run_args, a, la), start(script, run_args, b, lb)
+            killed = kill_past(victim, b, 2 * ckpt_interval)
+            if not killed:
+                finish(ref, la)
+                continue
+            saved = load_checkpoint(str(b / "resume.pt"))["step"]  # the step the resumed run starts from
+            assert saved >= 2 * ckpt_interval
+            resumed = start(script, [*run_args, "--init_from=resume"], b, lb)
+            finish(ref, la)
+            finish(resumed, lb)
+            assert "resumed from" in Path(lb.name).read_text()
+            end = load_checkpoint(str(a / "resume.pt"))["step"]
+            assert saved < end == load_checkpoint(str(b / "resume.pt"))["step"]
+            return a, b
+    pytest.fail(f"{script}: the run always finished before the kill; give it more steps")
+
+
+def assert_same_weights(a, b, key="model"):
+    assert a[key].keys() == b[key].keys()
+    for k in a[key]:
+        assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs"
+
+
+def assert_same_metrics(a, b):
+    strip = [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(a)]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(b)]
+
+
+def test_sigkill_resume_pretrain_is_bitwise_exact(world, tmp_path):
+    """Pretraining SIGKILLed mid-run and resumed ends with bitwise the weights and metrics of an uninterrupted run."""
+    args = ["--mode=pretrain", f"--data_dir={world / 'data'}", "--init_from=scratch", "--n_layer=1", "--n_head=2",
+            "--n_embd=32", "--block_size=32", "--batch_size=4", "--dropout=0.1", "--warmup_steps=5",
+            "--eval_interval=25", "--eval_batches=1", "--num_samples=0", "--log_interval=1"]
+    a, b = kill_and_resume(tmp_path, "sft.py", args, lambda n: [f"--epochs={2 * n}"], 3)
+    for name in ("pretrain.pt", "resume.pt"):
+        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
+    assert_same_metrics(a, b)
+
+
+def test_sigkill_resume_sft_is_bitwise_exact(world, tmp_path):
+    """SFT (dropout on, several epochs) SIGKILLed mid-run and resumed ends bitwise where an uninterrupted run does."""
+    args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", "--batch_size=4", "--dropout=0.2",
+            "--eval_interval=10", "--eval_batches=1", "--num_samples=0", "--log_interval=1"]
+    a, b = kill_and_resume(tmp_path, "sft.py", args, lambda n: [f"--epochs={2 * n}"], 3)
+    for name in ("sft.pt", "resume.pt"):
+        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
+    assert_same_metrics(a, b)
+
+
+def test_sigkill_resume_reward_is_bitwise_exact(world, tmp_path):
+    """Reward-model training SIGKILLed mid-run and resumed ends bitwise where an uninterrupted run does."""
+    args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", "--batch_size=4", "--dropout=0.1",
+            "--eval_interval=10", "--eval_prompts=4", "--log_interval=1"]
+    a, b = kill_and_resume(tmp_path, "reward.py", args, lambda n: [f"--max_steps={24 * n}"], 3)
+    for name in ("reward.pt", "resume.pt"):
+        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
+    assert_same_metrics(a, b)
+
+
+def test_sigkill_resume_ppo_is_bitwise_exact(world, tmp_path):
+    """PPO-ptx SIGKILLed mid-run and resumed ends with bitwise the policy and value model of an uninterrupted run."""
+    args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'reward.pt'}",
+            "--batch_size=4", "--minibatch_size=2", "--max_new_tokens=6", "--ptx_coef=1", "--ptx_batch_size=2",
+            "--ptx_seq_len=16", "--lr=3e-4", "--value_lr=3e-4", "--warmup_iters=2", "--eval_prompts=2",
+            "--sample_interval=0"]
+    a, b = kill_and_resume(tmp_path, "ppo.py", args, lambda n: [f"--iterations={16 * n}"], 2)
+    assert_same_weights(load_checkpoint(str(a / "ppo.pt")), load_checkpoint(str(b / "ppo.pt")))
+    ra, rb = load_checkpoint(str(a / "resume.pt")), load_checkpoint(str(b / "resume.pt"))
+    assert_same_weights(ra, rb, "value_model")
+    assert ra["kl_coef"] == rb["kl_coef"]
+    assert_same_metrics(a, b)
+
+
+# -----------------------------------------------------------------------------
+# DDP: N gloo processes == one process on the same global batch
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_worker(rank, world_size, port, stage, args):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    {"reward": reward, "ppo": ppo}[stage].main(args)
+
+
+def single_and_ddp(stage, args, tmp_path):
+    """Out dirs of the same flags run by one process (here) and by two gloo processes."""
+    {"reward": reward, "ppo": ppo}[stage].main([*args, f"--out_dir={tmp_path / 'single'}"])
+    mp.spawn(ddp_worker, args=(2, free_port(), stage, [*args, f"--out_dir={tmp_path / 'ddp'}"]), nprocs=2)
+    return tmp_path / "single", tmp_path / "ddp"
+
+
+def assert_close_weights(a, b, start=None, key="model"):
+    assert a[key].keys() == b[key].keys()
+    for k in a[key]:
+        torch.testing.assert_close(a[key][k], b[key][k], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}.{k}: {m}")
+    if start is not None:  # the run moved the weights: the comparison is not of two untouched copies
+        assert any(not torch.equal(a[key][k], start[k]) for k in start if k in a[key])
+
+
+def assert_close_metrics(a, b, keys):
+    """The logged global quantities agree too (Adam hides a gradient that is off by a constant factor)."""
+    ra, rb = metrics(a), metrics(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    for x, y in zip(ra, rb):
+        for k in keys & x.keys():
+            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-6), (x["step"], k)
+
+
+def test_reward_ddp_equals_single_process(world, tmp_path):
+    """reward.py on 2 gloo processes trains the same weights as 1 process with the same global batch_size."""
+    args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", "--batch_size=8", "--max_steps=4",
+            "--eval_interval=0", "--eval_prompts=4", "--log_interval=1", "--device=cpu"]
+    a, b = single_and_ddp("reward", args, tmp_path)
+    start = load_checkpoint(str(world / "sft.pt"))["model"]
+    for name in ("resume.pt", "reward.pt"):
+        assert_close_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)), start)
+    assert_close_metrics(a, b, {"loss", "acc", "grad_norm", "val/loss", "val/acc", "reward_bias"})
+
+
+def test_ppo_ddp_equals_single_process(world, tmp_path):
+    """ppo.py (PPO-ptx) on 2 gloo processes ends with the policy and value model of 1 process on the same
+    global batch, minibatch and ptx batch."""
+    args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'reward.pt'}",
+            "--iterations=3", "--batch_size=8", "--minibatch_size=8", "--ppo_epochs=2", "--max_new_tokens=6",
+            "--ptx_coef=1", "--ptx_batch_size=4", "--ptx_seq_len=16", "--lr=1e-3", "--value_lr=1e-3",
+            "--warmup_iters=0", "--eval_prompts=0", "--sample_interval=0", "--device=cpu"]
+    a, b = single_and_ddp("ppo", args, tmp_path)
+    assert_close_weights(load_checkpoint(str(a / "ppo.pt")), load_checkpoint(str(b / "ppo.pt")),
+                         load_checkpoint(str(world / "sft.pt"))["model"])
+    assert_close_weights(load_checkpoint(str(a / "resume.pt")), load_checkpoint(str(b / "resume.pt")),
+                         load_checkpoint(str(world / "reward.pt"))["model"], key="value_model")
+    assert_close_metrics(a, b, {"score", "rm_score", "kl", "pg_loss", "vf_loss", "ptx_loss", "response_length"})
