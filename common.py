@@ -342,8 +342,10 @@ def save_resume(path, rt, *, model, run_config, tokenizer, of, step, optimizers,
 
 
 def load_resume(path, of, rt, optimizers):
-    """The resume checkpoint of stage `of`, with the optimizers' state and this rank's RNG restored."""
-    ckpt = load_checkpoint(path, stages=("resume",))
+    """The resume checkpoint (a path, or the loaded dict) of stage `of`, with the optimizers' state and this
+    rank's RNG restored."""
+    ckpt = path if isinstance(path, dict) else load_checkpoint(path, stages=("resume",))
+    path = "resume.pt" if isinstance(path, dict) else path
     if ckpt["resumes"] != of:
         raise CheckpointError(f"{path}: resumes a '{ckpt['resumes']}' run, not '{of}'")
     if ckpt["world_size"] != rt.world_size:

@@ -138,32 +138,29 @@ class GPT(nn.Module):
             torch.nn.init.zeros_(self.score_head.bias)
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
 
-    def num_params(self, non_embedding=True):
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+    def num_params(self):
+        """Parameters without the position embeddings (nanoGPT's count for FLOPs)."""
+        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
 
-    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, kv_cache=None):
+    def forward(self, idx, targets=None, attention_mask=None, kv_cache=None):
         """
         idx (B, T) token ids. Returns (logits (B, T, V), loss) or, with a scalar head, (scores (B, T), None).
         targets (B, T): next-token targets with -1 where no loss is taken; loss is their mean cross-entropy.
         attention_mask (B, past + T): 1 for real tokens, 0 for padding, covering the cached positions too.
             Needed for left padding; right padding is exact without it (causal rows never see later pads).
-        position_ids (B, T): default counts real tokens only, so a left-padded row gets the positions it
-            would have alone.
+        Positions count real tokens only, so a left-padded row gets the positions it would have alone.
         kv_cache: a KVCache; this call appends its T positions after the cached ones.
         """
         B, T = idx.size()
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
-        attn_mask = None
+        attn_mask, position_ids = None, torch.arange(past, past + T, device=idx.device)[None]
         if attention_mask is not None or past > 0:
             if attention_mask is None:
                 attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=idx.device)
@@ -175,10 +172,7 @@ class GPT(nn.Module):
             positions = torch.arange(past + T, device=idx.device)
             attn_mask = attn_mask | (positions[past:, None] == positions[None, :])[None]
             attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
-            if position_ids is None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=idx.device)[None]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
         for i, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, kv_cache, i)
@@ -399,15 +393,11 @@ GPT2_SIZES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HF_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 
 
-def cache_dir():
-    return os.environ.get("RLHF_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rlhf"))
-
-
 def download_gpt2(name):
+    """config.json and model.safetensors of a GPT-2 size, downloaded once into $RLHF_CACHE/NAME."""
     if name not in GPT2_SIZES:
         raise ValueError(f"{name!r} is neither a directory nor one of {GPT2_SIZES}")
-    directory = os.path.join(cache_dir(), name)
-    os.makedirs(directory, exist_ok=True)
+    directory = os.path.join(os.environ.get("RLHF_CACHE", os.path.expanduser("~/.cache/rlhf")), name)
     for file in ("config.json", "model.safetensors"):
         path = os.path.join(directory, file)
         if os.path.exists(path):
@@ -426,8 +416,14 @@ def download_gpt2(name):
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
-def read_safetensors(path):
-    """A safetensors file: 8-byte little-endian header length, a JSON header, then raw little-endian tensors."""
+def read_hf_weights(directory):
+    """{name: float32 tensor} of model.safetensors (8-byte little-endian header length, a JSON header, raw
+    little-endian tensors: parsed here) or else pytorch_model.bin (torch.load with weights_only=True)."""
+    path, bin_ = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
+    if not os.path.exists(path):
+        if not os.path.exists(bin_):
+            raise FileNotFoundError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
+        return {k: v.float() for k, v in torch.load(bin_, map_location="cpu", weights_only=True).items()}
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
@@ -442,15 +438,6 @@ def read_safetensors(path):
         raw = torch.from_numpy(np.array(data[start:end]))  # copy out of the memmap
         tensors[name] = raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"]).float()
     return tensors
-
-
-def read_hf_weights(directory):
-    st, bin_ = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
-    if os.path.exists(st):
-        return read_safetensors(st)
-    if os.path.exists(bin_):
-        return {k: v.float() for k, v in torch.load(bin_, map_location="cpu", weights_only=True).items()}
-    raise FileNotFoundError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
 
 
 # -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ On GPUs (bf16, fused attention; each rank samples its share of every batch):
 """
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from data import load_judge
 from data.formats import read_split
 from data.loader import encode_prompt, fitting, generate_responses, load_split, random_windows
 from model import (CheckpointError, generate, load_checkpoint, load_model, response_logprobs, save_checkpoint,
-                   score_sequences, unwrap)
+                   score_sequences)
 
 
 @dataclass
@@ -181,26 +182,17 @@ def value_loss(values, old_values, returns, mask, clip_eps=0.2, n_tokens=None):
     return 0.5 * masked_mean(torch.max(vf_loss1, vf_loss2), mask, n_tokens)
 
 
-class FixedKLController:
-    """A constant beta."""
+class KLController:
+    """beta: constant (target None), or Ziegler et al. 2019's adaptive controller, which steers the KL to
+    target: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon, with current_kl the mean KL
+    per response of the last batch and n_steps its episodes (all ranks)."""
 
-    def __init__(self, kl_coef):
-        self.value = kl_coef
-
-    def update(self, current_kl, n_steps):
-        pass
-
-
-class AdaptiveKLController(FixedKLController):
-    """Ziegler et al. 2019: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon, with
-    current_kl the mean KL per response of the last batch and n_steps its episodes (all ranks)."""
-
-    def __init__(self, kl_coef, target, horizon):
-        super().__init__(kl_coef)
-        self.target, self.horizon = target, horizon
+    def __init__(self, kl_coef, target=None, horizon=10000):
+        self.value, self.target, self.horizon = kl_coef, target, horizon
 
     def update(self, current_kl, n_steps):
-        self.value *= 1 + min(max(current_kl / self.target - 1, -0.2), 0.2) * n_steps / self.horizon
+        if self.target is not None:
+            self.value *= 1 + min(max(current_kl / self.target - 1, -0.2), 0.2) * n_steps / self.horizon
 
 
 def response_values(value_model, seqs, attention_mask, prompt_len):
@@ -211,9 +203,10 @@ def response_values(value_model, seqs, attention_mask, prompt_len):
 
 
 @torch.no_grad()
-def in_chunks(fn, batch, size, *keys):
-    """fn over batch[keys] in chunks of size rows, concatenated: bounds the memory of a rollout forward."""
-    outs = [fn(*(batch[k][i:i + size] for k in keys)) for i in range(0, batch[keys[0]].size(0), size)]
+def in_chunks(fn, batch, size):
+    """fn(seqs, attention_mask) over a rollout in chunks of size rows, concatenated: bounds its memory."""
+    outs = [fn(batch["seqs"][i:i + size], batch["attention_mask"][i:i + size])
+            for i in range(0, batch["seqs"].size(0), size)]
     return tuple(torch.cat(p) for p in zip(*outs)) if isinstance(outs[0], tuple) else torch.cat(outs)
 
 
@@ -266,14 +259,12 @@ def reward_model_fn(reward_model, autocast=None):
     return reward_fn
 
 
-def load_models(cfg, rt):
-    """(policy, frozen reference, value model, frozen reward model, tokenizer, resume checkpoint or None).
-    Dropout is off in all four, so that train and eval mode compute the same function."""
-    resume = load_checkpoint(str(Path(cfg.out_dir) / "resume.pt"), ("resume",)) if cfg.init_from == "resume" else None
-    sft_path = resume["run_config"]["init_from"] if resume else cfg.init_from
-    rm_path = resume["run_config"]["reward_model"] if resume else cfg.reward_model
+def load_models(cfg, rt, resume=None):
+    """(policy, frozen reference, value model, frozen reward model, tokenizer). Dropout is off in all four,
+    so that train and eval mode compute the same function."""
+    sft_path, rm_path = cfg.init_from, cfg.reward_model
     ref_policy, tok, sft_ckpt = load_lm(sft_path, rt.device, stages=("sft",), dropout=0.0,
-                                        default=sft_path == PPOConfig.init_from)
+                                        default=sft_path == PPOConfig.init_from and not resume)
     policy, _ = load_model(resume or sft_ckpt, rt.device, dropout=0.0)
     rm_ckpt = load_checkpoint(rm_path, stages=("reward",))
     if rm_ckpt["tokenizer"] != sft_ckpt["tokenizer"]:
@@ -285,7 +276,7 @@ def load_models(cfg, rt):
         value_model.load_state_dict(resume["value_model"])
     for frozen in (ref_policy, reward_model):
         frozen.eval().requires_grad_(False)
-    return policy.eval(), ref_policy, value_model.eval(), reward_model, tok, resume
+    return policy.eval(), ref_policy, value_model.eval(), reward_model, tok
 
 
 @torch.no_grad()
@@ -329,7 +320,12 @@ def main(argv=None, reward_fn=None):
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     if any(n % rt.world_size for n in (cfg.batch_size, cfg.minibatch_size, cfg.ptx_batch_size)):
         raise ConfigError(f"batch_size, minibatch_size and ptx_batch_size must divide among {rt.world_size} ranks")
-    policy, ref_policy, value_model, reward_model, tok, resume = load_models(cfg, rt)
+    resume = None
+    if cfg.init_from == "resume":  # the run goes on with the models it started from
+        resume = load_checkpoint(str(Path(cfg.out_dir) / "resume.pt"), ("resume",))
+        cfg = dataclasses.replace(cfg, init_from=resume["run_config"]["init_from"],
+                                  reward_model=resume["run_config"]["reward_model"])
+    policy, ref_policy, value_model, reward_model, tok = load_models(cfg, rt, resume)
     reward_fn = reward_fn or reward_model_fn(reward_model, rt.autocast)
     judge = load_judge(cfg.data_dir)
     if cfg.ptx_coef > 0 and not (Path(cfg.data_dir) / "pretrain_train.jsonl").exists():
@@ -345,11 +341,10 @@ def main(argv=None, reward_fn=None):
     policy_opt = configure_optimizer(policy, cfg.lr, cfg.weight_decay, (0.9, 0.95), rt.device_type)
     value_opt = configure_optimizer(value_model, cfg.value_lr, cfg.weight_decay, (0.9, 0.95), rt.device_type)
     optimizers = {"policy": policy_opt, "value": value_opt}
-    kl_ctl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-              else FixedKLController(cfg.kl_coef))
+    kl_ctl = KLController(cfg.kl_coef, cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
     start = 0
     if resume:
-        start, kl_ctl.value = load_resume(Path(cfg.out_dir) / "resume.pt", "ppo", rt, optimizers)["step"], resume["kl_coef"]
+        start, kl_ctl.value = load_resume(resume, "ppo", rt, optimizers)["step"], resume["kl_coef"]
     train_policy, train_value, scaler = rt.wrap(policy), rt.wrap(value_model), rt.grad_scaler()
     log = MetricsLog(cfg.out_dir, rt.master, start if resume else None)
     B, mbs, W = cfg.batch_size // rt.world_size, cfg.minibatch_size // rt.world_size, rt.world_size
@@ -389,11 +384,9 @@ def main(argv=None, reward_fn=None):
             #    forward each over prompt + response, with exactly the masks and positions training uses
             with torch.no_grad(), rt.autocast():
                 logprobs, entropy = in_chunks(lambda s, a: response_logprobs(policy, s, a, P, cfg.temperature, True),
-                                              batch, mbs, "seqs", "attention_mask")
-                ref_logprobs = in_chunks(lambda s, a: response_logprobs(ref_policy, s, a, P, cfg.temperature),
-                                         batch, mbs, "seqs", "attention_mask")
-                values = in_chunks(lambda s, a: response_values(value_model, s, a, P), batch, mbs,
-                                   "seqs", "attention_mask") * mask
+                                              batch, mbs)
+                ref_logprobs = in_chunks(lambda s, a: response_logprobs(ref_policy, s, a, P, cfg.temperature), batch, mbs)
+                values = in_chunks(lambda s, a: response_values(value_model, s, a, P), batch, mbs) * mask
 
             # 4. KL-shaped rewards: -beta * (logp - ref_logp) per token, the score added at the last token;
             #    the summed log-ratio of a response estimates KL(pi_RL || pi_SFT)

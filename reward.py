@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (Interrupt, MetricsLog, check_finite, configure_optimizer, cosine_lr, load_lm, load_resume,
+from common import (ConfigError, Interrupt, MetricsLog, check_finite, configure_optimizer, cosine_lr, load_lm, load_resume,
                     optimizer_step, parse_config, run, save_resume, set_lr, setup_runtime, vocabulary_of)
 from data import load_judge
 from data.formats import read_split
 from data.loader import fitting, length_bucketed_batches, load_split
-from model import last_token_scores, load_model, save_checkpoint, score_sequences
+from model import last_token_scores, save_checkpoint, score_sequences
 
 
 @dataclass
@@ -259,13 +259,16 @@ def main(argv=None):
     W = rt.world_size
     # Global batches of batch_size prompts (length-bucketed, a function of (seed, epoch)); each rank takes
     # every W-th prompt of a batch, so N ranks see exactly the batch one process would.
-    batches_per_epoch = len(length_bucketed_batches(train.longest, cfg.batch_size, 0))
+    if cfg.batch_size % W or len(train) < cfg.batch_size:
+        raise ConfigError(f"--batch_size={cfg.batch_size} must divide among {W} ranks and not exceed the "
+                          f"{len(train)} training prompts")
+    batches_per_epoch = len(train) // cfg.batch_size  # full batches only: every rank gets batch_size / W
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
 
     def batch_for(step):
         epoch, j = divmod(step, batches_per_epoch)
-        rows = length_bucketed_batches(train.longest, cfg.batch_size, cfg.seed + epoch)[j]
-        return rows[:len(rows) // W * W]
+        batches = length_bucketed_batches(train.longest, cfg.batch_size, cfg.seed + epoch)
+        return [b for b in batches if len(b) == cfg.batch_size][j]
 
     # 3. optimizer. Eq. 1 sees only reward differences, so the head's bias gets no gradient but rounding
     #    noise that Adam would blow up to lr-sized steps: it is frozen, and step 5 sets it.

@@ -127,7 +127,8 @@ class Batches:
         epoch, j = divmod(k, self.per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
-            self._order = length_bucketed_batches(self.lengths, self.cfg.batch_size * self.world, self.cfg.seed + epoch)
+            size = self.cfg.batch_size * self.world  # full global batches only: every rank gets batch_size
+            self._order = [b for b in length_bucketed_batches(self.lengths, size, self.cfg.seed + epoch) if len(b) == size]
         return sft_batch(self.split, self.keep[self._order[j][self.rank::self.world]])
 
 
@@ -230,16 +231,16 @@ def main(argv=None):
 
     bar = tqdm(total=total_steps, initial=step, disable=not rt.master, desc=cfg.mode, dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
-    with Interrupt(rt) as interrupt:
-        while True:
-            if step % cfg.eval_interval == 0 or step == total_steps:
-                # evaluation draws its own random numbers: training's dropout stream is the same whether or not
-                # (and however often) a run evaluates, so resumed runs stay exact
-                with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
-                    evaluate_and_select()
-            if step >= total_steps:
-                break
+    def evaluate_in_own_rng():
+        # evaluation draws its own random numbers: training's dropout stream is the same whether or not (and
+        # however often) a run evaluates, so resumed runs stay exact
+        with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
+            evaluate_and_select()
 
+    if step == 0:
+        evaluate_in_own_rng()
+    with Interrupt(rt) as interrupt:
+        while step < total_steps:
             # one optimizer step over grad_accum micro-batches. The loss is the mean over every target token of
             # the global batch (all micro-batches, all ranks), so DDP and accumulation change nothing.
             lr = cosine_lr(step, total_steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
@@ -266,6 +267,8 @@ def main(argv=None):
             bar.update(1)
             if step % cfg.log_interval == 0:
                 log({"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": tps} | ({"mfu": mfu} if mfu else {}))
+            if step % cfg.eval_interval == 0 or step == total_steps:  # before the save: resume never repeats it
+                evaluate_in_own_rng()
             if step % cfg.ckpt_interval == 0 or step == total_steps or interrupt.requested():
                 save_resume(resume_path, rt, model=model, run_config=cfg, tokenizer=tok, of=cfg.mode, step=step,
                             optimizers={"model": optimizer}, best=best)

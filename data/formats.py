@@ -379,3 +379,15 @@ def fetch(urls: list[str], path) -> Path:
         return path
     raise DataError(f"{path}: download failed ({'; '.join(problems)}). Offline? Fetch the file by hand "
                     f"and pass it with --src=FILE")
+
+
+def convert_files(cfg, kinds, srcs, convert, unit):
+    """What every converter's main does once its sources are known: feed each file to convert(src, Collector)
+    (which returns how many units it read), then split and write the JSONL files; returns {file: count}."""
+    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
+        raise DataError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, got {cfg.val_fraction} and "
+                        f"{cfg.max_chars}")
+    data = Collector(kinds, cfg.max_chars)
+    for src in srcs:
+        print(f"read {convert(src, data)} {unit} from {src}")
+    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import data`
 from common import ConfigError, run  # noqa: E402
-from data.formats import FORMATS, read_jsonl, render_prompt, render_response  # noqa: E402
+from data.formats import FORMATS, DataError, read_jsonl, render_prompt, render_response  # noqa: E402
 
 hh = importlib.import_module("data.hh_rlhf.prepare")
 oasst = importlib.import_module("data.oasst.prepare")
@@ -249,9 +249,9 @@ def test_unknown_flag_is_one_line_error(tmp_path, capsys, monkeypatch, module):
 
 
 @pytest.mark.parametrize("flag", ["--val_fraction=1.5", "--max_chars=0", "--seed=x"])
-def test_bad_flag_value_is_a_config_error(tmp_path, flag):
-    """A value out of range or of the wrong type stops main() with a ConfigError before anything is read."""
-    with pytest.raises(ConfigError, match=flag.split("=")[0]):
+def test_bad_flag_value_is_refused(tmp_path, flag):
+    """A value out of range or of the wrong type stops main() with a one-line error before anything is read."""
+    with pytest.raises((ConfigError, DataError), match=flag.split("=")[0]):
         shakespeare.main([f"--src={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path / 'out'}", flag])
     assert not (tmp_path / "out").exists()
 

@@ -166,12 +166,12 @@ def test_whiten_masked_moments():
 
 def test_adaptive_kl_controller():
     """beta moves by 1 + clip(KL/target - 1, -0.2, 0.2) * n/horizon: up when KL is above target, else down."""
-    c = ppo.AdaptiveKLController(0.1, target=6.0, horizon=1000)
+    c = ppo.KLController(0.1, target=6.0, horizon=1000)
     c.update(60.0, 100)  # error clipped to 0.2
     assert c.value == pytest.approx(0.1 * 1.02)
     c.update(3.0, 100)  # error -0.5 clipped to -0.2
     assert c.value == pytest.approx(0.1 * 1.02 * 0.98)
-    f = ppo.FixedKLController(0.05)
+    f = ppo.KLController(0.05)
     f.update(100.0, 100)
     assert f.value == 0.05
 
@@ -197,10 +197,8 @@ def test_policy_equals_reference_kl_zero_ratio_one(world):
     assert len(set(m.sum(1).tolist())) > 1, "want ragged responses"
     P = b["prompt_len"]
     with torch.no_grad():
-        logprobs = ppo.in_chunks(lambda s, a: response_logprobs(policy, s, a, P), b, 4, "seqs",
-                                 "attention_mask")
-        ref_logprobs = ppo.in_chunks(lambda s, a: response_logprobs(ref, s, a, P), b, 4, "seqs",
-                                     "attention_mask")
+        logprobs = ppo.in_chunks(lambda s, a: response_logprobs(policy, s, a, P), b, 4)
+        ref_logprobs = ppo.in_chunks(lambda s, a: response_logprobs(ref, s, a, P), b, 4)
         assert ((logprobs - ref_logprobs) * m).abs().max() == 0
         inds = torch.randperm(len(m))[:5]
         new = response_logprobs(policy, b["seqs"][inds], b["attention_mask"][inds], P)

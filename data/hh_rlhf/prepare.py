@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import ConfigError, parse_config, run  # noqa: E402
-from data.formats import Collector, fetch, iter_json  # noqa: E402
+from common import parse_config, run  # noqa: E402
+from data.formats import Collector, convert_files, fetch, iter_json  # noqa: E402
 
 
 @dataclass
@@ -85,15 +85,9 @@ def convert(src, data: Collector) -> int:
 def main(argv=None) -> dict:
     """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl; returns {file: count}."""
     cfg = parse_config(HHConfig, argv)
-    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
-        raise ConfigError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, "
-                          f"got {cfg.val_fraction} and {cfg.max_chars}")
     srcs = cfg.src or [fetch([f"{host}/{subset}/{split}.jsonl.gz" for host in HOSTS],
                              HERE / "downloads" / f"{subset}-{split}.jsonl.gz") for subset, split in SUBSETS]
-    data = Collector(["comparisons", "sft", "prompts"], cfg.max_chars)
-    for src in srcs:
-        print(f"read {convert(src, data)} pairs from {src}")
-    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)
+    return convert_files(cfg, ["comparisons", "sft", "prompts"], srcs, convert, "pairs")
 
 
 if __name__ == "__main__":
