@@ -154,15 +154,20 @@ def assert_same_metrics(a, b):
     assert strip == [{k: v for k, v in r.items() if k not in TIMING} for r in metrics(b)]
 
 
+def assert_same_run(a, b, final):
+    """The killed-and-resumed run b ended as the uninterrupted run a: final model, resume.pt, metrics."""
+    for name in (final, "resume.pt"):
+        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
+    assert_same_metrics(a, b)
+
+
 def test_sigkill_resume_pretrain_is_bitwise_exact(world, tmp_path):
     """Pretraining SIGKILLed mid-run and resumed ends with bitwise the weights and metrics of an uninterrupted run."""
     args = ["--mode=pretrain", f"--data_dir={world / 'data'}", "--init_from=scratch", "--n_layer=1", "--n_head=2",
             "--n_embd=32", "--block_size=32", "--batch_size=4", "--dropout=0.1", "--warmup_steps=5",
             "--eval_interval=25", "--eval_batches=1", "--num_samples=0", "--log_interval=1"]
     a, b = kill_and_resume(tmp_path, "sft.py", args, lambda n: [f"--epochs={2 * n}"], 3)
-    for name in ("pretrain.pt", "resume.pt"):
-        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
-    assert_same_metrics(a, b)
+    assert_same_run(a, b, "pretrain.pt")
 
 
 def test_sigkill_resume_sft_is_bitwise_exact(world, tmp_path):
@@ -170,9 +175,7 @@ def test_sigkill_resume_sft_is_bitwise_exact(world, tmp_path):
     args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", "--batch_size=4", "--dropout=0.2",
             "--eval_interval=10", "--eval_batches=1", "--num_samples=0", "--log_interval=1"]
     a, b = kill_and_resume(tmp_path, "sft.py", args, lambda n: [f"--epochs={2 * n}"], 3)
-    for name in ("sft.pt", "resume.pt"):
-        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
-    assert_same_metrics(a, b)
+    assert_same_run(a, b, "sft.pt")
 
 
 def test_sigkill_resume_reward_is_bitwise_exact(world, tmp_path):
@@ -180,9 +183,7 @@ def test_sigkill_resume_reward_is_bitwise_exact(world, tmp_path):
     args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", "--batch_size=4", "--dropout=0.1",
             "--eval_interval=10", "--eval_prompts=4", "--log_interval=1"]
     a, b = kill_and_resume(tmp_path, "reward.py", args, lambda n: [f"--max_steps={24 * n}"], 3)
-    for name in ("reward.pt", "resume.pt"):
-        assert_same_weights(load_checkpoint(str(a / name)), load_checkpoint(str(b / name)))
-    assert_same_metrics(a, b)
+    assert_same_run(a, b, "reward.pt")
 
 
 def test_sigkill_resume_ppo_is_bitwise_exact(world, tmp_path):

@@ -12,6 +12,7 @@ from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_scor
                             score, win_rate)
 from data.synthetic import corpus, labelers, prepare, responses, tasks  # noqa: E402
 from data.synthetic.world import WORLD  # noqa: E402
+from data.tokenizer import Tokenizer  # noqa: E402
 
 TINY = ["--scale=0.02", "--quiet"]  # ~350 prompts, ~30k pretraining tokens: a second or two
 LAB = TRAIN_LABELERS[0]
@@ -242,8 +243,7 @@ def test_from_policy_samples_join_candidates(tmp_path, monkeypatch):
         calls.append((len(prompts), temperature, seed))
         return ["banana 7"] * len(prompts), [True] * len(prompts), [[1, 0]] * len(prompts)
 
-    monkeypatch.setattr(prepare, "load_model", lambda path, device="cpu": (None, {"tokenizer": {"encoding": "gpt2",
-                                                                                                  "vocab": None}}))
+    monkeypatch.setattr(prepare, "load_lm", lambda path, device="cpu": (None, Tokenizer(), {}))
     monkeypatch.setattr(prepare, "generate_responses", fake_generate)
     files = prepare.main(["--scale=0.005", "--quiet", f"--out_dir={tmp_path}", "--from_policy=fake.pt"])
     ranked = [x for r in files["comparisons_train.jsonl"] for x in r["responses"]]

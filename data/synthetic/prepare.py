@@ -28,12 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiktoken  # noqa: E402
 
-from common import parse_config, run  # noqa: E402
+from common import load_lm, parse_config, run  # noqa: E402
 from data.formats import write_jsonl  # noqa: E402
 from data.loader import generate_responses  # noqa: E402
 from data.synthetic import corpus, labelers, responses, tasks  # noqa: E402
-from data.tokenizer import Tokenizer, VocabularyError  # noqa: E402
-from model import load_model  # noqa: E402
+from data.tokenizer import VocabularyError  # noqa: E402
 
 # split name -> (default size, the file it goes to). Order matters: earlier splits claim their prompts
 # first, so the test prompts depend only on the seed, not on the training sizes.
@@ -96,8 +95,7 @@ def pretrain_docs(n_tokens: int, rng, enc) -> tuple[list[dict], int]:
 
 def policy_samples(path, prompts, n, max_tokens, device, seed) -> dict:
     """prompt -> [(response, ended)], n samples each from the checkpoint's policy (temperature 1)."""
-    model, ckpt = load_model(path, device)
-    tok = Tokenizer.from_state(ckpt["tokenizer"])
+    model, tok, _ = load_lm(path, device)
     fits = []
     for p in prompts:
         try:
