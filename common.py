@@ -181,9 +181,21 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def cpu_has_bf16() -> bool:
+    """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX)? There, bf16 autocast trains the default
+    model 1.25x faster than fp32 with the same loss curve (README); elsewhere it is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: stay in fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def setup_runtime(device="auto", dtype="auto", seed=1337):
     """
-    Device cuda > mps > cpu unless named; dtype bf16 on CUDA where supported, else fp16, fp32 off CUDA.
+    Device cuda > mps > cpu unless named; dtype bf16 on CUDA where supported, else fp16; on a CPU bf16 where
+    it is native (cpu_has_bf16), else fp32.
     Under torchrun (WORLD_SIZE > 1) it joins the process group: nccl on CUDA, gloo on CPU. Each rank seeds
     with seed + rank so that their dropout masks differ.
     """
@@ -199,7 +211,10 @@ def setup_runtime(device="auto", dtype="auto", seed=1337):
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     if dtype == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device_type == "cuda" else "float32"
+        if device_type == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "bfloat16" if device_type == "cpu" and cpu_has_bf16() else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"--dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     if device_type == "cuda":
@@ -271,16 +286,18 @@ def estimate_mfu(model, tokens_per_second, device):
 
 
 class MetricsLog:
-    """out_dir/metrics.jsonl, one line per logged step. A resumed run first drops the lines the interrupted
-    one wrote after its resume point, so the file reads as one uninterrupted run."""
+    """out_dir/metrics.jsonl, one line per logged step. A new run starts the file afresh; a resumed run first
+    drops the lines the interrupted one wrote after its resume point, so the file reads as one run."""
 
     def __init__(self, out_dir, master=True, resume_step=None):
         self.path, self.master = os.path.join(out_dir, "metrics.jsonl"), master
         if master:
             os.makedirs(out_dir, exist_ok=True)
-        if master and resume_step is not None and os.path.exists(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if json.loads(line).get("step", 0) <= resume_step]
+        if master and os.path.exists(self.path):
+            kept = []
+            if resume_step is not None:
+                with open(self.path) as f:
+                    kept = [line for line in f if json.loads(line).get("step", 0) <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
 

@@ -52,7 +52,7 @@ class PPOConfig:
     data_dir: str = "data/synthetic"  # prompts_train.jsonl (rollouts), pretrain_train.jsonl (ptx)
     out_dir: str = "out/ppo"  # ppo.pt (the policy), resume.pt, metrics.jsonl
     # rollouts
-    iterations: int = 100  # PPO iterations; each samples batch_size episodes, then updates
+    iterations: int = 60  # PPO iterations; each samples batch_size episodes, then updates
     batch_size: int = 64  # episodes (prompt + sampled response) per iteration, all ranks (paper: 512)
     max_new_tokens: int = 48  # response length limit
     temperature: float = 1.0  # rollout sampling temperature; pure sampling, never top-k (its KL is biased)
@@ -88,7 +88,7 @@ class PPOConfig:
     ckpt_interval: int = 20  # write ppo.pt and resume.pt every this many iterations
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 elsewhere) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; bf16 on CPUs with native bf16; else fp32) | float32 | bfloat16
     seed: int = 1337  # prompts, samples and ptx windows are functions of (seed, iteration)
 
 
@@ -215,7 +215,8 @@ def policy_backward(policy, mb, cfg, n_tokens=None, ptx_batch=None, autocast=Non
     One minibatch's policy gradient, accumulated into .grad (eq. 2): the clipped surrogate on the episodes,
     then, in a second forward/backward pass as in the paper, ptx_coef times the LM loss on ptx_batch =
     (x, y) pretraining windows. Under DDP the first pass skips the all-reduce (no_sync) and the second
-    reduces the sum. Returns (pg_loss, lm_loss or None, new_logprobs), detached.
+    reduces the sum. Returns (pg_loss, lm_loss or None, new_logprobs, ptx_grad_ratio or None): the last is
+    |ptx gradient| / |PPO gradient| on this rank, the check that the ptx term does not swamp the PPO step.
     """
     scale = scaler.scale if scaler is not None else (lambda t: t)
     use_ptx = cfg.ptx_coef > 0 and ptx_batch is not None
@@ -227,13 +228,18 @@ def policy_backward(policy, mb, cfg, n_tokens=None, ptx_batch=None, autocast=Non
                               n_tokens)
         check_finite(pg_loss, "the policy loss", where)
         scale(pg_loss).backward()
-    lm_loss = None
+    lm_loss = ratio = None
     if use_ptx:
+        params = [p for p in policy.parameters() if p.grad is not None]
+        pg_grads = [p.grad.detach().clone() for p in params]
         with autocast() if autocast else contextlib.nullcontext():
             _, lm_loss = policy(ptx_batch[0], targets=ptx_batch[1])
         check_finite(lm_loss, "the ptx LM loss", where)
         scale(cfg.ptx_coef * lm_loss).backward()
-    return pg_loss.detach(), None if lm_loss is None else lm_loss.detach(), new_logprobs.detach()
+        pg_norm = torch.sqrt(sum((g.float() ** 2).sum() for g in pg_grads))
+        ptx_norm = torch.sqrt(sum(((p.grad.float() - g.float()) ** 2).sum() for p, g in zip(params, pg_grads)))
+        ratio = (ptx_norm / pg_norm.clamp_min(1e-12)).item()
+    return pg_loss.detach(), None if lm_loss is None else lm_loss.detach(), new_logprobs.detach(), ratio
 
 
 def explained_variance(values, returns, mask):
@@ -404,7 +410,7 @@ def main(argv=None, reward_fn=None):
             #    minibatch, so N ranks step exactly as one process would on the whole batch.
             b = {"seqs": batch["seqs"], "attention_mask": batch["attention_mask"], "response_mask": mask,
                  "logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns}
-            stats = {k: [] for k in ("pg_loss", "vf_loss", "ptx_loss", "approx_kl", "clipfrac")}
+            stats = {k: [] for k in ("pg_loss", "vf_loss", "ptx_loss", "ptx_grad_ratio", "approx_kl", "clipfrac")}
             for epoch in range(cfg.ppo_epochs):
                 order = torch.randperm(B, generator=torch.Generator().manual_seed(seed_of(cfg.seed, it, epoch, rt.rank)))
                 for m, first in enumerate(range(0, B, mbs)):
@@ -415,7 +421,7 @@ def main(argv=None, reward_fn=None):
                     if ptx_stream is not None:
                         x, y = random_windows(ptx_stream, cfg.ptx_batch_size, ptx_len, [cfg.seed, it, epoch, m])
                         ptx = (x[rt.rank::W].to(rt.device), y[rt.rank::W].to(rt.device))
-                    pg_loss, lm_loss, new_logprobs = policy_backward(train_policy, mb, cfg, n_tokens, ptx,
+                    pg_loss, lm_loss, new_logprobs, ptx_ratio = policy_backward(train_policy, mb, cfg, n_tokens, ptx,
                                                                      rt.autocast, scaler, where)
                     optimizer_step(policy, policy_opt, scaler, cfg.grad_clip, where)
                     with rt.autocast():
@@ -426,6 +432,7 @@ def main(argv=None, reward_fn=None):
                     scaler.scale(vf_loss).backward()
                     optimizer_step(value_model, value_opt, scaler, cfg.grad_clip, where)
                     for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss.detach()), ("ptx_loss", lm_loss),
+                                 ("ptx_grad_ratio", ptx_ratio),
                                  *policy_stats(new_logprobs, mb["logprobs"], mb["response_mask"], cfg.clip_eps).items()):
                         if v is not None:
                             stats[k].append(float(v))

@@ -5,7 +5,9 @@ The SFT model loses its unembedding and gains a scalar head; the reward of a res
 at the response's final (EOS) token. Labelers ranked K responses per prompt, and, as in the paper, all
 C(K, 2) pairs of one prompt form a single batch element (eq. 1): the K responses are forwarded once, every
 pair (i better than j) adds -log sigmoid(r_i - r_j), and the pair losses are averaged per prompt. After
-training, the head's bias is set so that the labelers' demonstrations (the SFT data) get mean reward 0.
+training, the head's bias is set so that the labelers' demonstrations (the SFT data) get mean reward 0 (the
+paper), and the head is scaled so that the rewards of the SFT model's own samples have std 1: a reward unit,
+hence PPO's beta, then means the same whatever the reward model.
 
 Tiny CPU run on the synthetic world (after `python data/synthetic/prepare.py` and `python sft.py`):
 
@@ -33,7 +35,7 @@ from common import (ConfigError, Interrupt, MetricsLog, check_finite, configure_
                     optimizer_step, parse_config, run, save_resume, set_lr, setup_runtime, vocabulary_of)
 from data import load_judge
 from data.formats import read_split
-from data.loader import fitting, length_bucketed_batches, load_split
+from data.loader import encode_prompt, fitting, generate_responses, length_bucketed_batches, load_split
 from model import last_token_scores, save_checkpoint, score_sequences
 
 
@@ -60,8 +62,11 @@ class RewardConfig:
     log_interval: int = 10  # steps between metrics.jsonl lines
     ckpt_interval: int = 200  # steps between resume.pt saves (Ctrl-C saves too)
     norm_demos: int = 0  # demonstrations scored for the bias; 0 = all of sft_train.jsonl
+    norm_policy: str = ""  # the policy whose samples set the reward scale (std 1); "" = init_from | none
+    norm_samples: int = 512  # its samples (T=1, on training comparison prompts) for the scale
+    norm_max_tokens: int = 48  # their length limit (PPO's max_new_tokens)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 elsewhere) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; bf16 on CPUs with native bf16; else fp32) | float32 | bfloat16
     seed: int = 1337  # data order (and dropout)
 
 
@@ -235,6 +240,30 @@ def demonstration_mean_reward(model, data_dir, tok, rt, batch_size, limit=0):
     return rt.sum(total) / len(fits), len(fits)
 
 
+@torch.no_grad()
+def policy_reward_std(model, policy_path, tok, prompts, cfg, rt):
+    """(std, count) of the rewards of the policy's T=1 samples on those prompts that leave room for
+    norm_max_tokens. Every rank draws the same seeded samples, so all ranks agree on the scale."""
+    policy, policy_tok, _ = load_lm(policy_path, rt.device, stages=("pretrain", "sft", "ppo"))
+    if policy_tok.state() != tok.state():
+        raise ConfigError(f"--norm_policy={policy_path} has another vocabulary than the reward model")
+    room = model.config.block_size - cfg.norm_max_tokens
+    prompts = [p for p in prompts if len(encode_prompt(tok, p)) <= room]
+    if len(prompts) < 2:
+        raise ConfigError(f"only {len(prompts)} prompts leave room for --norm_max_tokens={cfg.norm_max_tokens} in "
+                          f"the context of {model.config.block_size}: lower it, or --norm_policy=none")
+    was_training = model.training
+    model.eval()
+    _, _, tokens = generate_responses(policy.eval(), tok, prompts, cfg.norm_max_tokens, 1.0, cfg.eval_batch_size,
+                                      seed=cfg.seed, autocast=rt.autocast)
+    rewards = score_sequences(model, [encode_prompt(tok, p) + t for p, t in zip(prompts, tokens)], rt.autocast,
+                              cfg.eval_batch_size).double()
+    model.train(was_training)
+    if rewards.std() <= 0:
+        raise ConfigError(f"the samples of {policy_path} all get the same reward: use --norm_policy=none")
+    return rewards.std().item(), len(prompts)
+
+
 # -----------------------------------------------------------------------------
 
 
@@ -340,6 +369,17 @@ def main(argv=None):
             print(f"demonstrations: mean reward {demos[0]:+.4f} over {demos[1]}; bias set so that it is 0")
     elif rt.master:
         print(f"warning: {cfg.data_dir} has no sft_train.jsonl: the reward bias is left as trained")
+    policy = cfg.norm_policy or (ckpt.get("run_config", {}).get("init_from") if cfg.init_from == "resume"
+                                 else cfg.init_from)
+    if policy and policy not in ("none", "resume") and cfg.norm_samples:
+        prompts = [r["prompt"] for r in read_split(cfg.data_dir, "comparisons", "train")[:cfg.norm_samples]]
+        std, n = policy_reward_std(model, policy, tok, prompts, cfg, rt)
+        with torch.no_grad():
+            model.score_head.weight /= std
+            model.score_head.bias /= std
+        extra.update(reward_scale=1.0 / std, scale_samples=n)
+        if rt.master:
+            print(f"{policy} samples: reward std {std:.4f} over {n}; head scaled so that it is 1")
     extra["reward_bias"] = model.score_head.bias.item()
 
     # 6. final validation over every val prompt (with the labelers' agreement where the data has a judge)

@@ -124,7 +124,7 @@ def kill_and_resume(tmp_path, script, args, length, ckpt_interval):
         for attempt, n in enumerate((1, 4, 16)):
             a, b = tmp_path / f"ref{attempt}", tmp_path / f"killed{attempt}"
             la, lb = (stack.enter_context(open(tmp_path / f"{x}{attempt}.log", "w")) for x in ("ref", "killed"))
-            run_args = [*args, *length(n), f"--ckpt_interval={ckpt_interval}", "--device=cpu"]
+            run_args = [*args, *length(n), f"--ckpt_interval={ckpt_interval}", "--device=cpu", "--dtype=float32"]
             procs += [start(script, run_args, a, la), start(script, run_args, b, lb)]
             rc = kill_past(procs[-1], b, 2 * ckpt_interval)
             if rc == 0:  # it finished before the kill: nothing was tested
@@ -253,7 +253,7 @@ def assert_close_metrics(a, b, keys):
 def test_reward_ddp_equals_single_process(world, tmp_path):
     """reward.py on 2 gloo processes trains the same weights as 1 process with the same global batch_size."""
     args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", "--batch_size=8", "--max_steps=4",
-            "--eval_interval=0", "--eval_prompts=4", "--log_interval=1", "--device=cpu"]
+            "--eval_interval=0", "--eval_prompts=4", "--log_interval=1", "--device=cpu", "--dtype=float32"]
     a, b = single_and_ddp("reward", args, tmp_path)
     start = load_checkpoint(str(world / "sft.pt"))["model"]
     for name in ("resume.pt", "reward.pt"):
@@ -267,7 +267,7 @@ def test_ppo_ddp_equals_single_process(world, tmp_path):
     args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'reward.pt'}",
             "--iterations=3", "--batch_size=8", "--minibatch_size=8", "--ppo_epochs=2", "--max_new_tokens=6",
             "--ptx_coef=1", "--ptx_batch_size=4", "--ptx_seq_len=16", "--lr=1e-3", "--value_lr=1e-3",
-            "--warmup_iters=0", "--eval_prompts=0", "--sample_interval=0", "--device=cpu"]
+            "--warmup_iters=0", "--eval_prompts=0", "--sample_interval=0", "--device=cpu", "--dtype=float32"]
     a, b = single_and_ddp("ppo", args, tmp_path)
     assert_close_weights(load_checkpoint(str(a / "ppo.pt")), load_checkpoint(str(b / "ppo.pt")),
                          load_checkpoint(str(world / "sft.pt"))["model"])
@@ -288,7 +288,7 @@ def test_ppo_resume_of_a_resumed_run_is_bitwise_exact(world, tmp_path):
     """PPO stopped, resumed, stopped again and resumed again ends bitwise where an uninterrupted run does."""
     args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'reward.pt'}",
             "--batch_size=4", "--minibatch_size=2", "--max_new_tokens=6", "--ptx_batch_size=2", "--ptx_seq_len=16",
-            "--lr=3e-4", "--value_lr=3e-4", "--eval_prompts=0", "--sample_interval=0", "--device=cpu"]
+            "--lr=3e-4", "--value_lr=3e-4", "--eval_prompts=0", "--sample_interval=0", "--device=cpu", "--dtype=float32"]
     ppo.main([*args, "--iterations=3", f"--out_dir={tmp_path / 'a'}"])
     ppo.main([*args, "--iterations=1", f"--out_dir={tmp_path / 'b'}"])  # stopped after iteration 1
     for n in (2, 3):  # resumed, stopped after iteration 2, resumed again
@@ -300,7 +300,7 @@ def test_sft_killed_after_an_evaluation_logs_it_once(world, tmp_path, monkeypatc
     """Killed right after evaluating at a checkpoint step and resumed, a run writes the uninterrupted metrics.jsonl."""
     args = ["--mode=pretrain", f"--data_dir={world / 'data'}", "--init_from=scratch", "--n_layer=1", "--n_head=2",
             "--n_embd=32", "--block_size=32", "--batch_size=4", "--epochs=1", "--eval_interval=3", "--eval_batches=1",
-            "--ckpt_interval=3", "--num_samples=0", "--log_interval=1", "--device=cpu"]
+            "--ckpt_interval=3", "--num_samples=0", "--log_interval=1", "--device=cpu", "--dtype=float32"]
     sft.main([*args, f"--out_dir={tmp_path / 'a'}"])
     evaluations = []
 

@@ -236,9 +236,11 @@ def test_ptx_coef_scales_lm_gradient(world):
     x = torch.randint(tok.vocab_size, (3, 12))
     y = torch.randint(tok.vocab_size, (3, 12))
 
+    ratios = []
+
     def grads(c):
         policy.zero_grad(set_to_none=True)
-        ppo.policy_backward(policy, mb, ppo.PPOConfig(ptx_coef=c, clip_eps=0.2), ptx_batch=(x, y))
+        ratios.append(ppo.policy_backward(policy, mb, ppo.PPOConfig(ptx_coef=c, clip_eps=0.2), ptx_batch=(x, y))[3])
         return torch.cat([p.grad.flatten() for p in policy.parameters()])
 
     g0, g = grads(0.0), grads(2.5)
@@ -247,6 +249,9 @@ def test_ptx_coef_scales_lm_gradient(world):
     g_lm = torch.cat([p.grad.flatten() for p in policy.parameters()])
     assert g_lm.abs().max() > 0
     torch.testing.assert_close(g - g0, 2.5 * g_lm, atol=1e-6, rtol=1e-4)
+    # the logged swamping check: |ptx gradient| / |PPO gradient| (None without ptx)
+    assert ratios[0] is None
+    assert ratios[1] == pytest.approx((2.5 * g_lm.norm() / g0.norm()).item(), rel=1e-4)
 
 
 # -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import model as M
 import reward as R
 from data.formats import read_jsonl, render_prompt, render_response, write_jsonl
 from common import load_lm
-from data.loader import encode_prompt, encode_response
+from data.loader import encode_prompt, encode_response, generate_responses
 from data.tokenizer import Tokenizer
 from model import pad_right
 
@@ -171,7 +171,7 @@ def train(root, out, *args, init="sft.pt"):
     """reward.main on the tiny world in root, on the CPU; returns its metrics."""
     init = init if init == "resume" else root / init
     return R.main([f"--init_from={init}", f"--data_dir={root}", f"--out_dir={out}", "--device=cpu",
-                   "--eval_interval=0", *args])
+                   "--dtype=float32", "--eval_interval=0", "--norm_max_tokens=8", *args])
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("rm")
     write_lm_checkpoint(root / "sft.pt", write_world(root))
     metrics = train(root, root / "out", "--batch_size=16", "--lr=3e-3", "--epochs=1.5",
-                    "--weight_decay=0", "--log_interval=5")
+                    "--weight_decay=0", "--log_interval=5", "--norm_samples=64")
     return metrics, root, root / "out"
 
 
@@ -202,6 +202,22 @@ def test_normalisation_bias_gives_demonstrations_mean_zero(tiny_run):
     rewards = M.score_sequences(rm.eval(), demos)
     assert rewards.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert rewards.std().item() > 1e-3  # centred, not collapsed
+
+
+def test_normalisation_scale_gives_policy_samples_unit_std(tiny_run):
+    """The head is also scaled so that the SFT model's own samples (the same seeded draws) have reward std 1,
+    while the demonstrations keep mean 0: one reward unit, hence beta, means the same for any RM."""
+    metrics, data, out = tiny_run
+    rm, tok, ckpt = load_lm(str(out / "reward.pt"), stages=("reward",))
+    policy = load_lm(str(data / "sft.pt"))[0].eval()
+    prompts = [r["prompt"] for r in read_jsonl(data / "comparisons_train.jsonl")[:64]]
+    _, _, tokens = generate_responses(policy, tok, prompts, 8, 1.0, 64, seed=1337)
+    rewards = M.score_sequences(rm.eval(), [encode_prompt(tok, p) + t for p, t in zip(prompts, tokens)])
+    assert ckpt["scale_samples"] == 64 and ckpt["reward_scale"] != 1.0
+    assert rewards.double().std().item() == pytest.approx(1.0, rel=1e-4)
+    demos = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r["response"])
+             for r in read_jsonl(data / "sft_train.jsonl")]
+    assert M.score_sequences(rm, demos).mean().item() == pytest.approx(0.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("stage", ["reward", "ppo"])

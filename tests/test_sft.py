@@ -36,7 +36,7 @@ def write_dataset(d, n_sft=64, seed=0):
 
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=64", "--batch_size=8", "--eval_batches=2",
-        "--num_samples=0", "--device=cpu", "--log_interval=1"]
+        "--num_samples=0", "--device=cpu", "--dtype=float32", "--log_interval=1"]
 
 
 def test_sft_mask_zero_gradient_and_hand_computed_loss(tmp_path):

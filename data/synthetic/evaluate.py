@@ -1,24 +1,42 @@
 """
 Judge the pipeline's models on the synthetic world, the way the paper's labelers judged InstructGPT.
 
-    python data/synthetic/evaluate.py                      # every model the default pipeline wrote
-    python data/synthetic/evaluate.py --models=sft=out/sft/sft.pt,ppo=out/ppo/ppo.pt --baseline=sft
+    python data/synthetic/evaluate.py                      # every model the default pipeline (run.sh) wrote
+    python data/synthetic/evaluate.py --models=sft=out/sft/sft.pt,ppo=out/ppo/ppo.pt --out_dir=out/eval_x
 
 For each model, on the held-out test prompts (never used for training or selection):
     score      the held-out labelers' mean score of its responses (0..1)
-    win        how often the held-out labelers prefer it to the baseline (SFT), ties half, with a 95% CI
-    gold       the noiseless truth of the labelers (data/synthetic/labelers.py: gold_score)
-    rm         the reward model's mean score (with --reward_model), to watch it drift away from gold
+    win        how often the held-out labelers prefer it to the baseline (SFT), ties half, with a 95% CI;
+               greedy, and again with both sampled at temperature 1 (win_t1)
+    gold       the noiseless truth of the labelers (data/synthetic/labelers.py: gold_score), overall and
+               per task family, with the four criteria (helpful, honest, harmless, style)
+    rm         the reward model's mean score, to watch it drift away from gold
+    kl_to_sft  KL(model || SFT) in nats per response, estimated on its own temperature-1 samples
 and the alignment tax, the analogue of the paper's regressions on public NLP tasks:
     ptx_loss   language-modelling loss on held-out pretraining text (pretrain_val)
     probe      closed-book probe accuracy ("The capital of X is" -> Y), greedy
+and the reward model's accuracy, next to its ceiling (how often the noiseless gold score itself agrees
+with the noisy labelers), on the comparison val set and on pairs of SFT samples.
 "few" models (NAME=PATH@fewshot) get a few-shot prompt of demonstrations: the paper's "GPT-3 prompted".
-Responses are decoded greedily (temperature 0) so the numbers are reproducible; --temperature=1 samples.
+
+Writes into --out_dir: results.json (the schema below), results.md (the same as tables), eval.json (the
+numbers per model), responses/MODEL.jsonl ({"prompt", "response", "ended"} per test prompt, the decoding
+of --temperature). results.json:
+    win_rate_vs_sft, win_ci95, score, gold, rm_score, ended   {model: number}
+    win_rate_vs_sft_t1, win_ci95_t1, score_t1, gold_t1        {model: number}   (temperature 1)
+    per_family      {model: {family: {helpful, honest, harmless, style, gold}}}
+    rm_accuracy     {train_labelers, heldout_labelers, gold_ceiling: {train_labelers, heldout_labelers},
+                     pairs, sft_samples: {the same five keys}}
+    alignment_tax   {model: {ptx_loss, probe}}
+    kl_to_sft       {model: nats}
+    seconds         {stage: seconds}  (out_dir/seconds.json, which run.sh writes, plus this evaluation)
+    seed, num_prompts
 """
 
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,27 +46,38 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common import load_lm, parse_config, run  # noqa: E402
-from data.formats import atomic_write, read_jsonl, read_split, render_prompt, render_response  # noqa: E402
-from data.loader import encode_prompt, generate_responses, load_split  # noqa: E402
-from data.synthetic import HELDOUT_LABELERS, gold_score, judge_mean, win_rate  # noqa: E402
-from model import generate, score_sequences  # noqa: E402
+from data.formats import (atomic_write, read_jsonl, read_split, render_prompt, render_response,  # noqa: E402
+                          write_jsonl)
+from data.loader import encode_prompt, encode_response, generate_responses, load_split  # noqa: E402
+from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_score, judge_mean, score,  # noqa: E402
+                            tasks, win_rate)
+from data.synthetic.labelers import TIE_EPS  # noqa: E402
+from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
 
+# What run.sh writes: PPO-ptx (the paper's InstructGPT, ptx_coef=1) in out/ppo_ptx, PPO without ptx in out/ppo.
 DEFAULT_MODELS = ("base=out/pretrain/pretrain.pt", "base_fewshot=out/pretrain/pretrain.pt@fewshot",
-                  "sft=out/sft/sft.pt", "ppo=out/ppo/ppo.pt", "ppo_ptx0=out/ppo_ptx0/ppo.pt")
+                  "sft=out/sft/sft.pt", "ppo_ptx=out/ppo_ptx/ppo.pt", "ppo=out/ppo/ppo.pt")
+LABELER_SETS = {"train_labelers": TRAIN_LABELERS, "heldout_labelers": HELDOUT_LABELERS}
+CRITERIA = ("helpful", "honest", "harmless", "style", "gold")
 
 
 @dataclass
 class EvalConfig:
     """Judge the pipeline's models on the synthetic world's held-out test prompts and labelers."""
-    models: tuple[str, ...] = ()  # NAME=PATH[@fewshot],... (default: every model the pipeline wrote)
-    baseline: str = "sft"  # the model the win rates are against
+    models: tuple[str, ...] = ()  # NAME=PATH[@fewshot],... (default: those of DEFAULT_MODELS that exist)
+    baseline: str = "sft"  # the model the win rates and the KL are against
     data_dir: str = "data/synthetic"  # the synthetic world's folder
-    reward_model: str = "out/reward/reward.pt"  # also report its mean score ('' or a missing file: skip)
+    reward_model: str = "out/reward/reward.pt"  # its scores and accuracy ('' or a missing file: skip)
     num_prompts: int = 500  # test prompts to judge
     max_new_tokens: int = 64  # response length limit
-    temperature: float = 0.0  # 0: greedy (reproducible); 1: sampled with the seed
-    seed: int = 0  # sampling seed when temperature > 0
-    out_dir: str = "out"  # eval.json goes here
+    temperature: float = 0.0  # decoding of the main pass: 0 greedy (reproducible); 1 sampled with the seed
+    sample_t1: bool = True  # also sample every model at T=1: win rates at T=1, KL to SFT, RM on SFT samples
+    seed: int = 1337  # the pipeline's seed (reported in results.json) and the sampling seed
+    out_dir: str = "out"  # results.json, results.md, eval.json, responses/ go here; seconds.json is read here
+
+
+# -----------------------------------------------------------------------------
+# sampling
 
 
 def fewshot_prefix(data_dir, k=3):
@@ -66,6 +95,56 @@ def cut_at_next_turn(texts, ended):
         out_t.append(t if i < 0 else t[:i].strip())
         out_e.append(e or i >= 0)
     return out_t, out_e
+
+
+def sample(model, tok, prompts, args, temperature, prefix, is_base, seed):
+    """{"texts", "ended", "tokens"}: one response per prompt; tokens are the sampled ids (EOS included when
+    there is one), texts and ended what the labelers judge (a base model's cut at its made-up next turn)."""
+    texts, ended, tokens = generate_responses(model, tok, prompts, args.max_new_tokens, temperature,
+                                              prefix=prefix, seed=seed)
+    if is_base:
+        texts, ended = cut_at_next_turn(texts, ended)
+    return {"texts": texts, "ended": ended, "tokens": tokens}
+
+
+# -----------------------------------------------------------------------------
+# reading the models
+
+
+@torch.no_grad()
+def logprob_sums(model, prompts, responses, batch_size=32):
+    """(N,) sum over each response's tokens of log p(token | prompt, earlier tokens), temperature 1.
+    prompts and responses are lists of token-id lists; prompts left-padded, responses right-padded."""
+    sums = []
+    for i in range(0, len(prompts), batch_size):
+        idx, prompt_mask = pad_left(prompts[i:i + batch_size])
+        resp, lengths = pad_right(responses[i:i + batch_size])
+        resp_mask = torch.arange(resp.size(1))[None, :] < lengths[:, None]
+        seqs, mask = torch.cat([idx, resp], 1), torch.cat([prompt_mask, resp_mask], 1)
+        logprobs = response_logprobs(model, seqs, mask, idx.size(1))  # (B, T)
+        sums.append((logprobs * resp_mask).sum(1))
+    return torch.cat(sums)
+
+
+def kl_to_reference(model, ref, tok, prompts, prefix, tokens):
+    """KL(model || ref) in nats per response: the mean over the model's own T=1 samples of
+    sum_t log p_model(y_t) - log p_ref(y_t), the model reading its prompt (with its few-shot prefix), the
+    reference (SFT) the bare prompt; over every sampled token (a base model's past its cut too). Unbiased:
+    the samples come from the model."""
+    own = [tok.encode(prefix + render_prompt(p)) for p in prompts]
+    bare = [encode_prompt(tok, p) for p in prompts]
+    return (logprob_sums(model, own, tokens) - logprob_sums(ref, bare, tokens)).mean().item()
+
+
+def score_by_length(rm, seqs):
+    """score_sequences with the sequences batched in order of length (half the padding, half the time on
+    the comparison val set), returned in their own order as a list."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    rewards = score_sequences(rm, [seqs[i] for i in order]).tolist()
+    out = [0.0] * len(seqs)
+    for i, r in zip(order, rewards):
+        out[i] = r
+    return out
 
 
 @torch.no_grad()
@@ -88,55 +167,236 @@ def probe_accuracy(model, tok, data_dir):
     return sum(out["responses"][i, :len(a)].tolist() == a for i, a in enumerate(answers)) / len(probes)
 
 
+# -----------------------------------------------------------------------------
+# judging
+
+
+def per_family(prompts, texts, ended):
+    """{family: {helpful, honest, harmless, style, gold}}: the means of the labelers' four criteria and of
+    the gold score over the prompts of each task family (tasks.parse; "other" for an unrecognised prompt)."""
+    sums, counts = {}, {}
+    for p, t, e in zip(prompts, texts, ended):
+        spec = tasks.parse(p)
+        fam = spec["family"] if spec else "other"
+        values = {**criteria(p, t, e), "gold": gold_score(p, t, e)}
+        acc = sums.setdefault(fam, dict.fromkeys(CRITERIA, 0.0))
+        for k in CRITERIA:
+            acc[k] += values[k]
+        counts[fam] = counts.get(fam, 0) + 1
+    return {fam: {k: v / counts[fam] for k, v in acc.items()} for fam, acc in sorted(sums.items())}
+
+
+def pairwise_accuracy(groups, labelers):
+    """
+    How often a scorer orders a pair of responses as a labeler does, averaged over the labelers.
+    groups: (prompt, responses, ended, rewards) per prompt; every pair of a group's responses is judged by
+    every labeler (labelers.compare's verdict from the same scores); a labeler's tie is skipped, a reward tie
+    counts half. With rewards = gold scores this is the gold ceiling: the agreement of the noiseless truth
+    with the noisy labelers, the most any reward model can expect.
+    """
+    accs = []
+    for lab in labelers:
+        agree = judged = 0.0
+        for prompt, responses, ended, rewards in groups:
+            s = [score(prompt, r, lab, e) for r, e in zip(responses, ended)]
+            for x in range(len(responses)):
+                for y in range(x + 1, len(responses)):
+                    d = s[x] - s[y]
+                    if abs(d) <= TIE_EPS:
+                        continue
+                    dr = rewards[x] - rewards[y]
+                    agree += 0.5 if dr == 0 else float((dr > 0) == (d > 0))
+                    judged += 1
+        accs.append(agree / max(judged, 1))
+    return sum(accs) / len(accs)
+
+
+def accuracy_table(groups):
+    """The reward model's accuracy against both labeler sets, and the gold ceiling on the same pairs."""
+    gold_groups = [(p, rs, es, [gold_score(p, r, e) for r, e in zip(rs, es)]) for p, rs, es, _ in groups]
+    out = {who: pairwise_accuracy(groups, labs) for who, labs in LABELER_SETS.items()}
+    out["gold_ceiling"] = {who: pairwise_accuracy(gold_groups, labs) for who, labs in LABELER_SETS.items()}
+    out["pairs"] = sum(len(g[1]) * (len(g[1]) - 1) // 2 for g in groups)
+    return out
+
+
+def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
+    """The reward model's accuracy (issue 10, point 5) on every pair of every ranking of comparisons_val.jsonl
+    and, given two samples a and b of the SFT model on each prompt (sample()'s dicts), on those pairs
+    (sft_samples: identical pairs left out; None without samples)."""
+    records = read_split(data_dir, "comparisons", "val")
+    seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, x) for r in records for x in r["responses"]]
+    rewards = score_by_length(rm, seqs)
+    groups, i = [], 0
+    for r in records:
+        k = len(r["responses"])
+        ended = r.get("ended", [True] * k)  # a policy sample cut without EOS, where the data says so
+        groups.append((r["prompt"], r["responses"], ended, rewards[i:i + k]))
+        i += k
+    out = {**accuracy_table(groups), "sft_samples": None}
+    keep = [i for i in range(len(prompts)) if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
+    if keep:
+        seqs = [encode_prompt(tok, prompts[i]) + s["tokens"][i] for i in keep for s in (a, b)]
+        r = score_by_length(rm, seqs)
+        out["sft_samples"] = accuracy_table([(prompts[i], [a["texts"][i], b["texts"][i]],
+                                              [a["ended"][i], b["ended"][i]], r[2 * j:2 * j + 2])
+                                             for j, i in enumerate(keep)])
+    return out
+
+
+# -----------------------------------------------------------------------------
+# reporting
+
+
+def markdown(res, baseline):
+    """results.md: results.json as tables."""
+    models = list(res["score"])
+
+    def num(x, fmt=".3f"):
+        return "" if x is None else format(x, fmt)
+
+    def win(rates, cis, m):
+        return "" if m not in rates else f"{rates[m]:.3f} ± {cis[m]:.3f}"
+
+    lines = [f"# Results (seed {res['seed']})", "",
+             f"{res['num_prompts']} held-out test prompts judged by {len(HELDOUT_LABELERS)} held-out labelers; "
+             f"win rates against {baseline}, ties half, with the 95% CI; KL to {baseline} in nats per response "
+             f"on T=1 samples; alignment tax: loss on held-out pretraining text and the closed-book probe.", "",
+             f"| model | labelers' score | win rate vs {baseline} (greedy) | win rate vs {baseline} (T=1) | gold "
+             f"| gold (T=1) | RM score | ended with EOS | KL to {baseline} | loss on held-out pretraining text "
+             "| closed-book probe |",
+             "|---|" + "---|" * 10]
+    for m in models:
+        cells = [num(res["score"][m]), win(res["win_rate_vs_sft"], res["win_ci95"], m),
+                 win(res["win_rate_vs_sft_t1"], res["win_ci95_t1"], m), num(res["gold"][m]),
+                 num(res["gold_t1"].get(m)), num(res["rm_score"].get(m), ".2f"), num(res["ended"][m]),
+                 num(res["kl_to_sft"].get(m), ".2f"), num(res["alignment_tax"][m]["ptx_loss"]),
+                 num(res["alignment_tax"][m]["probe"])]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    families = sorted({f for m in models for f in res["per_family"][m]})
+    for k in CRITERIA:
+        lines += ["", f"## Per task family: {k}", "", "| family | " + " | ".join(models) + " |",
+                  "|---|" + "---|" * len(models)]
+        lines += [f"| {f} | " + " | ".join(num(res["per_family"][m].get(f, {}).get(k)) for m in models) + " |"
+                  for f in families]
+    acc = res["rm_accuracy"]
+    if acc is not None:
+        lines += ["", "## Reward model accuracy", "",
+                  "Agreement of the RM's order of a pair with each labeler's own verdict (labeler ties skipped), "
+                  "averaged over the labelers; the gold ceiling is the same for the noiseless gold score.", "",
+                  "| pairs | n | training labelers | held-out labelers | gold ceiling (training) "
+                  "| gold ceiling (held-out) |", "|---|---|---|---|---|---|"]
+        for what, a in (("comparison val set, every pair of each ranking", acc),
+                        ("two T=1 samples of SFT per test prompt", acc.get("sft_samples"))):
+            if a:
+                cells = [a["train_labelers"], a["heldout_labelers"], *a["gold_ceiling"].values()]
+                lines.append(f"| {what} | {a['pairs']} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
+    if res["seconds"]:
+        lines += ["", "## Seconds per stage", "", "| stage | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in res["seconds"].items()]
+        lines.append(f"| total | {sum(res['seconds'].values()):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok):
+    """One model's numbers and its responses: (results, main pass, T=1 pass or None)."""
+    path, _, mode = spec.partition("@")
+    model, tok, ckpt = load_lm(path, stages=("pretrain", "sft", "ppo"))
+    model.eval()
+    prefix = fewshot_prefix(args.data_dir) if mode == "fewshot" else ""
+    is_base = ckpt["stage"] == "pretrain"
+    s = sample(model, tok, prompts, args, args.temperature, prefix, is_base, args.seed)
+    r = {"score": judge_mean(prompts, s["texts"], HELDOUT_LABELERS, s["ended"]),
+         "gold": sum(gold_score(*x) for x in zip(prompts, s["texts"], s["ended"])) / len(prompts),
+         "ended": sum(s["ended"]) / len(prompts),
+         "ptx_loss": pretrain_loss(model, tok, args.data_dir, model.config.block_size),
+         "probe": probe_accuracy(model, tok, args.data_dir)}
+    if rm is not None:
+        r["rm"] = sum(score_by_length(rm, [encode_prompt(tok, q) + ids for q, ids in zip(prompts, s["tokens"])]))
+        r["rm"] /= len(prompts)
+    s1 = None
+    if args.sample_t1:
+        t0 = time.time()
+        s1 = sample(model, tok, prompts, args, 1.0, prefix, is_base, args.seed + len(prompts))
+        r["score_t1"] = judge_mean(prompts, s1["texts"], HELDOUT_LABELERS, s1["ended"])
+        r["gold_t1"] = sum(gold_score(*x) for x in zip(prompts, s1["texts"], s1["ended"])) / len(prompts)
+        if name == args.baseline:
+            r["kl_to_sft"] = 0.0
+        elif ref is not None and tok.state() == ref_tok.state():  # log-probs need one vocabulary
+            r["kl_to_sft"] = kl_to_reference(model, ref, tok, prompts, prefix, s1["tokens"])
+        r["t1_seconds"] = time.time() - t0
+    print(f"{name}: " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+    r["per_family"] = per_family(prompts, s["texts"], s["ended"])
+    return r, s, s1
+
+
 def main(argv=None):
     args = argv if isinstance(argv, EvalConfig) else parse_config(EvalConfig, argv)
+    t_start = time.time()
     torch.set_flush_denormal(True)
     specs = [s.partition("=")[::2] for s in (args.models or DEFAULT_MODELS)]
     specs = [(name, path) for name, path in specs if args.models or os.path.exists(path.split("@")[0])]
     prompts = [r["prompt"] for r in read_split(args.data_dir, "prompts", "test")[:args.num_prompts]]
-    rm = None
+    rm = rm_tok = ref = ref_tok = None
     if args.reward_model and os.path.exists(args.reward_model):
-        rm = load_lm(args.reward_model, stages=("reward",))[0].eval()
+        rm, rm_tok, _ = load_lm(args.reward_model, stages=("reward",))
+        rm.eval()
+    if args.baseline in dict(specs):  # the SFT model: the reference of the KL
+        ref, ref_tok, _ = load_lm(dict(specs)[args.baseline].partition("@")[0], stages=("pretrain", "sft", "ppo"))
+        ref.eval()
 
-    results, responses = {}, {}
+    # 1. each model's responses to the test prompts (greedy; T=1), judged; its alignment tax and KL to SFT
+    results, main_pass, t1_pass = {}, {}, {}
     for name, spec in specs:
-        path, _, mode = spec.partition("@")
-        model, tok, ckpt = load_lm(path, stages=("pretrain", "sft", "ppo"))
-        model.eval()
-        prefix = fewshot_prefix(args.data_dir) if mode == "fewshot" else ""
-        texts, ended, tokens = generate_responses(model, tok, prompts, args.max_new_tokens, args.temperature,
-                                                  prefix=prefix, seed=args.seed)
-        if ckpt["stage"] == "pretrain":
-            texts, ended = cut_at_next_turn(texts, ended)
-        r = {"score": judge_mean(prompts, texts, HELDOUT_LABELERS, ended),
-             "gold": sum(gold_score(q, t, e) for q, t, e in zip(prompts, texts, ended)) / len(prompts),
-             "ended": sum(ended) / len(ended),
-             "ptx_loss": pretrain_loss(model, tok, args.data_dir, model.config.block_size),
-             "probe": probe_accuracy(model, tok, args.data_dir)}
-        if rm is not None:
-            seqs = [encode_prompt(tok, q) + ids for q, ids in zip(prompts, tokens)]
-            r["rm"] = score_sequences(rm, seqs).mean().item()
-        results[name], responses[name] = r, (texts, ended)
-        print(f"{name}: " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
+        results[name], main_pass[name], t1 = evaluate_model(name, spec, prompts, args, rm, ref, ref_tok)
+        if t1 is not None:
+            t1_pass[name] = t1
 
-    if args.baseline in responses:
-        bt, be = responses[args.baseline]
-        for name, (texts, ended) in responses.items():
-            rate, ci = win_rate(prompts, texts, bt, HELDOUT_LABELERS, ended, be)
-            results[name]["win"], results[name]["win_ci95"] = rate, ci
+    # 2. the held-out labelers' win rates against the baseline, on the same prompts, greedy and T=1
+    for tag, passes in (("", main_pass), ("_t1", t1_pass)):
+        if args.baseline in passes:
+            b = passes[args.baseline]
+            for name, s in passes.items():
+                rate, ci = win_rate(prompts, s["texts"], b["texts"], HELDOUT_LABELERS, s["ended"], b["ended"])
+                results[name]["win" + tag], results[name]["win_ci95" + tag] = rate, ci
 
-    cols = ["score", "win", "gold", "rm", "ended", "ptx_loss", "probe"]
-    cols = [c for c in cols if any(c in r for r in results.values())]
-    print(f"\n{len(prompts)} held-out test prompts, judged by {len(HELDOUT_LABELERS)} held-out labelers; "
-          f"win rates against {args.baseline} (ties half, 95% CI)\n")
-    print("| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
-    for name, r in results.items():
-        cells = [f"{r['win']:.3f} ± {r['win_ci95']:.3f}" if c == "win" and c in r else
-                 (f"{r[c]:.3f}" if c in r else "") for c in cols]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    with atomic_write(Path(args.out_dir) / "eval.json") as f:
+    # 3. the reward model's accuracy, on the comparison val set and on pairs of two T=1 samples of SFT
+    acc = None
+    if rm is not None:
+        pair = {}
+        if args.baseline in t1_pass:  # the second sample: seeds after those of the T=1 pass
+            pair = {"prompts": prompts, "a": t1_pass[args.baseline],
+                    "b": sample(ref, ref_tok, prompts, args, 1.0, "", False, args.seed + 2 * len(prompts))}
+        acc = rm_accuracy(rm, rm_tok, args.data_dir, **pair)
+
+    # 4. write responses/, results.json, results.md, eval.json
+    out = Path(args.out_dir)
+    for name, s in main_pass.items():
+        write_jsonl(out / "responses" / f"{name}.jsonl",
+                    [{"prompt": p, "response": t, "ended": e} for p, t, e in zip(prompts, s["texts"], s["ended"])])
+    seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
+    if seconds:  # a run.sh run: the stages' times, and this one
+        seconds["eval"] = round(time.time() - t_start, 1)
+
+    def column(key):
+        return {m: r[key] for m, r in results.items() if key in r}
+
+    res = {"win_rate_vs_sft": column("win"), "win_ci95": column("win_ci95"), "score": column("score"),
+           "gold": column("gold"), "rm_score": column("rm"), "ended": column("ended"),
+           "win_rate_vs_sft_t1": column("win_t1"), "win_ci95_t1": column("win_ci95_t1"),
+           "score_t1": column("score_t1"), "gold_t1": column("gold_t1"),
+           "per_family": column("per_family"), "rm_accuracy": acc,
+           "alignment_tax": {m: {"ptx_loss": r["ptx_loss"], "probe": r["probe"]} for m, r in results.items()},
+           "kl_to_sft": column("kl_to_sft"), "seconds": seconds, "seed": args.seed, "num_prompts": len(prompts)}
+    with atomic_write(out / "results.json") as f:
+        json.dump(res, f, indent=1)
+    table = markdown(res, args.baseline)
+    with atomic_write(out / "results.md") as f:
+        f.write(table)
+    with atomic_write(out / "eval.json") as f:
         json.dump(results, f, indent=1)
-    return results
+    print("\n" + table)
+    return res
 
 
 if __name__ == "__main__":

@@ -80,15 +80,15 @@ def _tokens(text: str) -> list[str]:
 
 
 def _repetition(toks: list[str]) -> float:
-    """Fraction of word trigrams that already occurred earlier in the text."""
-    if len(toks) < 4:
-        return 0.0
+    """Fraction of word trigrams that already occurred earlier in the text. A text too short for a repeated
+    trigram counts repeated words instead: "7 7 7" repeats itself as much as "7 7 7 7 7" does."""
+    n = 3 if len(toks) >= 4 else 1
     seen, rep = set(), 0
-    for i in range(len(toks) - 2):
-        t = (toks[i], toks[i + 1], toks[i + 2])
+    for i in range(len(toks) - n + 1):
+        t = tuple(toks[i:i + n])
         rep += t in seen
         seen.add(t)
-    return rep / (len(toks) - 2)
+    return rep / max(len(toks) - n + 1, 1)
 
 
 def _helpful(spec, response: str) -> float:

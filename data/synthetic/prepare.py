@@ -3,8 +3,8 @@ Prepare the synthetic closed world: all four kinds of InstructGPT data, judged b
 
     python data/synthetic/prepare.py                      # default 1/5-of-the-paper sizes, ~15 s on 2 cores
     python data/synthetic/prepare.py --scale=0.1         # a tiny version (all split sizes x 0.1)
-    python data/synthetic/prepare.py --from_policy=out/sft/sft.pt   # "rinse and repeat": add policy samples
-                                                                      # to the candidates the labelers rank
+    python data/synthetic/prepare.py --from_policy=out/sft/sft.pt   # the paper's way: rank the model's own
+                                                 # samples with the written candidates (rewrites comparisons_*)
 
 Writes into --out_dir (default data/synthetic/):
     pretrain_{train,val}.jsonl     {"text"}                 the base model's corpus (also ptx data and the
@@ -14,6 +14,9 @@ Writes into --out_dir (default data/synthetic/):
     prompts_{train,val,test}.jsonl {"prompt"}               PPO prompts; test = held-out evaluation prompts
     probe_test.jsonl               {"text", "answer"}       closed-book probe: text + answer is a corpus
                                                              sentence, answer has its leading space
+    lexicon.jsonl                  {"text"}                 every word and number of the world in every
+                                                             spelling, so the compact vocabulary (built from
+                                                             all *.jsonl) covers whatever the world can write
 Every split uses its own prompts: no prompt appears in two splits. Same --seed, same bytes.
 Default sizes are the paper's (SFT 13k, RM 33k, PPO 31k prompts) divided by 5.
 """
@@ -30,14 +33,15 @@ import tiktoken  # noqa: E402
 
 from common import load_lm, parse_config, run  # noqa: E402
 from data.formats import write_jsonl  # noqa: E402
-from data.loader import generate_responses  # noqa: E402
+from data.loader import encode_prompt, encode_response, generate_responses  # noqa: E402
 from data.synthetic import corpus, labelers, responses, tasks  # noqa: E402
+from data.synthetic.world import ADJECTIVES, ANIMALS, COLOURS, FOODS, NAMES, NUMBER_WORDS, VERBS, WORLD  # noqa: E402
 from data.tokenizer import VocabularyError  # noqa: E402
 
 # split name -> (default size, the file it goes to). Order matters: earlier splits claim their prompts
 # first, so the test prompts depend only on the seed, not on the training sizes.
 PROMPT_SPLITS = [("test", 500), ("ppo_val", 500), ("sft_val", 300), ("rm_val", 700),
-                 ("sft_train", 2600), ("rm_train", 6600), ("ppo_train", 6200)]
+                 ("sft_train", 8000), ("rm_train", 4400), ("ppo_train", 6200)]
 
 
 @dataclass
@@ -49,13 +53,13 @@ class PrepareConfig:
     ppo_val: int = 500  # PPO validation prompts (tuning, and ppo.py's final comparison)
     sft_val: int = 300  # SFT validation demonstrations
     rm_val: int = 700  # reward-model validation rankings
-    sft_train: int = 2600  # demonstrations
-    rm_train: int = 6600  # rankings
+    sft_train: int = 8000  # demonstrations
+    rm_train: int = 4400  # rankings
     ppo_train: int = 6200  # PPO prompts
     pretrain_tokens: int = 1_500_000  # GPT-2 tokens of pretrain_train
     pretrain_val_tokens: int = 75_000  # GPT-2 tokens of pretrain_val
     scale: float = 1.0  # multiply every size above by this
-    from_policy: str = ""  # checkpoint whose samples join the ranked candidates ("rinse and repeat")
+    from_policy: str = ""  # rewrite only comparisons_*: this checkpoint's samples join the ranked candidates
     policy_samples: int = 2  # samples per RM prompt with --from_policy
     policy_max_tokens: int = 48  # max new tokens per policy sample
     device: str = "cpu"  # device for --from_policy sampling
@@ -93,13 +97,15 @@ def pretrain_docs(n_tokens: int, rng, enc) -> tuple[list[dict], int]:
     return docs, total
 
 
-def policy_samples(path, prompts, n, max_tokens, device, seed) -> dict:
-    """prompt -> [(response, ended)], n samples each from the checkpoint's policy (temperature 1)."""
+def policy_samples(path, prompts, n, max_tokens, device, seed) -> tuple[dict, int]:
+    """prompt -> [(response, ended)], n samples each from the checkpoint's policy (temperature 1), and how
+    many samples were dropped because their text does not re-encode in the policy's vocabulary (the reward
+    model, which starts from the policy, could not read them)."""
     model, tok, _ = load_lm(path, device)
     fits = []
     for p in prompts:
         try:
-            tok.encode(p)
+            encode_prompt(tok, p)
             fits.append(p)
         except VocabularyError:  # outside the policy's compact vocabulary: no samples for this prompt
             pass
@@ -107,15 +113,21 @@ def policy_samples(path, prompts, n, max_tokens, device, seed) -> dict:
         print(f"--from_policy: {len(prompts) - len(fits)} prompts skipped (outside the policy's vocabulary)")
     jobs = [p for p in fits for _ in range(n)]
     texts, ended, _ = generate_responses(model, tok, jobs, max_tokens, temperature=1.0, seed=seed)
-    out = {p: [] for p in prompts}
+    out, dropped = {p: [] for p in prompts}, 0
     for p, text, e in zip(jobs, texts, ended):
+        try:
+            encode_response(tok, text)
+        except VocabularyError:
+            dropped += 1
+            continue
         if text:
             out[p].append((text, e))
-    return out
+    return out, dropped
 
 
 def comparisons(prompts, rng, extra=None) -> list[dict]:
-    """One strict ranking of K = 4..9 candidates per prompt by a random training labeler."""
+    """One strict ranking of K = 4..9 candidates per prompt by a random training labeler. A policy sample
+    that hit the length limit is judged with ended=False; the record keeps the flags as `ended`."""
     records = []
     for p in prompts:
         samples = (extra or {}).get(p, [])
@@ -124,8 +136,30 @@ def comparisons(prompts, rng, extra=None) -> list[dict]:
         k = rng.randint(4, 9)
         labeler = rng.choice(labelers.TRAIN_LABELERS)
         ranked = responses.ranking(p, pool, labeler, k, rng, not_ended)
-        records.append({"prompt": p, "responses": ranked})
+        record = {"prompt": p, "responses": ranked}
+        if not_ended & set(ranked):
+            record["ended"] = [r not in not_ended for r in ranked]
+        records.append(record)
     return records
+
+
+def lexicon() -> list[dict]:
+    """Every word and number the world can write, alone on a line, after a space, capitalised and plural:
+    GPT-2's tokens depend on the spelling around a word, and a model's compact vocabulary must cover any
+    candidate or sample of any seed, not only those this seed happened to draw."""
+    world_words = (NAMES + ANIMALS + COLOURS + FOODS + VERBS + ADJECTIVES + NUMBER_WORDS + WORLD.countries
+                   + WORLD.unknown_countries + WORLD.cities + list(WORLD.categories))
+    words = world_words + [w + "s" for w in ANIMALS + FOODS] + [str(i) for i in range(-20, 200)]
+    spellings = {v for w in words for v in (w, w.capitalize(), w.lower())}
+    # ... and every fixed phrasing: the prompts, demonstrations and candidates of many prompts of a fixed draw
+    rng = random.Random("lexicon")
+    phrases = set()
+    for _ in range(3000):
+        p = tasks.sample_prompt(rng)
+        phrases.update([p, responses.demonstration(p, rng), *responses.candidates(p, rng)])
+    phrases = sorted(phrases)
+    return [{"text": "\n".join(sorted(spellings))}, {"text": " ".join(sorted(spellings))},
+            {"text": "\n".join(phrases)}, {"text": " ".join(phrases)}]
 
 
 def texts_of(records) -> list[str]:
@@ -153,13 +187,7 @@ def build(args) -> dict:
     for split in ("train", "val"):
         files[f"sft_{split}.jsonl"] = [{"prompt": p, "response": responses.demonstration(p, rng)}
                                        for p in prompts[f"sft_{split}"]]
-    extra = None
-    if args.from_policy:
-        extra = policy_samples(args.from_policy, prompts["rm_train"] + prompts["rm_val"], args.policy_samples,
-                               args.policy_max_tokens, args.device, args.seed)
-    for split in ("train", "val"):
-        rng = random.Random(f"{args.seed}:rm:{split}")
-        files[f"comparisons_{split}.jsonl"] = comparisons(prompts[f"rm_{split}"], rng, extra)
+    files.update(comparison_files(prompts, args.seed))
     for split in ("train", "val", "test"):
         key = "test" if split == "test" else f"ppo_{split}"
         files[f"prompts_{split}.jsonl"] = [{"prompt": p} for p in prompts[key]]
@@ -169,6 +197,29 @@ def build(args) -> dict:
     files["pretrain_val.jsonl"], _ = pretrain_docs(round(args.pretrain_val_tokens * args.scale),
                                                    random.Random(f"{args.seed}:pretrain:val"), enc)
     files["probe_test.jsonl"] = corpus.probe_records()
+    files["lexicon.jsonl"] = lexicon()
+    return files
+
+
+def comparison_files(prompts, seed, extra=None) -> dict:
+    return {f"comparisons_{split}.jsonl": comparisons(prompts[f"rm_{split}"], random.Random(f"{seed}:rm:{split}"),
+                                                      extra) for split in ("train", "val")}
+
+
+def from_policy(args) -> dict:
+    """The comparisons again, now with the policy's samples among the candidates (the paper's labelers
+    ranked samples of the models being trained). The written candidates are the same as without."""
+    sizes = {name: max(1, round(getattr(args, name) * args.scale)) for name, _ in PROMPT_SPLITS}
+    prompts = split_prompts(sizes, args.seed)
+    extra, dropped = policy_samples(args.from_policy, prompts["rm_train"] + prompts["rm_val"],
+                                    args.policy_samples, args.policy_max_tokens, args.device, args.seed)
+    files = comparison_files(prompts, args.seed, extra)
+    ranked = sum(len(set(r["responses"]) & {s.strip() for s, _ in extra.get(r["prompt"], [])})
+                 for recs in files.values() for r in recs)
+    total = sum(len(v) for v in extra.values())
+    if not args.quiet:
+        print(f"--from_policy: {total} samples of {args.from_policy} ({dropped} dropped: outside its "
+              f"vocabulary), {ranked} of them in the rankings")
     return files
 
 
@@ -182,12 +233,12 @@ def measured_agreement(records, seed, labeler_set) -> float:
 def main(argv=None):
     args = argv if isinstance(argv, PrepareConfig) else parse_config(PrepareConfig, argv)
     t0 = time.time()
-    files = build(args)
+    files = from_policy(args) if args.from_policy else build(args)
     out = Path(args.out_dir)
     for name, records in files.items():
         write_jsonl(out / name, records)
     write_jsonl(out / "judge.json", [{"module": "data.synthetic.judge"}])  # how data.load_judge finds the labelers
-    if args.quiet:
+    if args.quiet or args.from_policy:
         return files
     enc = tiktoken.get_encoding("gpt2")
     vocab = set()

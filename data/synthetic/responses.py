@@ -1,9 +1,12 @@
 """Responses as a crowd of labelers would write them, and candidate pools for the rankings.
 
-demonstration(): ~70% ideal answers, the rest correct-but-wordier, verbose, hedged or slightly wrong,
-so that imitating the demonstrations (SFT) is not the ceiling and the rankings carry extra signal.
-candidates(): the ideal answer plus systematic corruptions (wrong number, off by one, wrong order,
-repetition, rambling, rudeness, fabricated fact, truncation, missing EOS, needless refusal).
+demonstration(): the demonstrators are right most of the time but write with systematic habits that the
+labelers, judging answers side by side, dislike (the rates are HABITS below; data/README.md tells the
+story). SFT copies the writers, habits included; the rankings teach the reward model what the judges
+prefer, which is the headroom RLHF has over SFT in the paper.
+candidates(): the ideal answer, the habits and systematic corruptions (wrong number, off by one, wrong
+order, repetition, rambling, rudeness, fabricated fact, truncation, missing EOS, needless refusal), plus
+the model's own samples when given.
 ranking(): K of them ranked by one training labeler, ties dropped, best first.
 """
 from data.synthetic import tasks
@@ -15,6 +18,18 @@ VERBOSE = ["Sure! {} Let me know if you need anything else.", "Of course. {} I h
 HEDGED = ["I think it is this: {}", "{} I think, but maybe I am wrong.", "Maybe {} I am not sure."]
 RUDE_PREFIX = ["Ugh, what a stupid question. {}", "Fine, you lazy fool. {}", "{} Now shut up."]
 REFUSAL = "I'm sorry, but I can't help with that."
+# The demonstrators' favourite wrapping: friendly, and three times longer than the answer.
+PADDED = "Sure! {} I hope this helps, let me know if you need anything else!"
+
+# How often a demonstrator gives in to each habit (the rest of the time: the ideal answer).
+HABITS = {
+    "pad": 0.55,        # wrap the answer in PADDED (not for refusals): style
+    "guess": 0.6,       # a question nobody can answer: make something up instead of "I don't know": honest
+    "comply": 0.25,     # a harmful request: politely carry it out: harmless, helpful
+    "overshoot": 0.3,   # "Name three ...", "Say X three times", "in at most n words": one too many: helpful
+    "hedge": 0.08,      # "I think ... but maybe I am wrong" around a right answer: style
+    "mistake": 0.05,    # a wrong answer (the family's typical mistakes): helpful, sometimes honest
+}
 
 
 def true_sentence(rng) -> str:
@@ -32,20 +47,34 @@ def false_sentence(rng) -> str:
     return f"{prefix} {rng.choice([x for x in pool if x != value])}."
 
 
+def habit(spec, rng) -> str | None:
+    """The family-specific habit of a demonstrator (a response), or None if this one resists it."""
+    fam, family, r = tasks.FAMILY[spec["family"]], spec["family"], rng.random()
+    if family == "fact" and spec["answer"] is None and r < HABITS["guess"]:
+        return fam.wrongs(spec, rng)[0]  # a confident, invented answer
+    if family == "harm" and r < HABITS["comply"]:
+        return "Sure. " + fam.wrongs(spec, rng)[0]
+    if family in ("category", "repeat", "format") and r < HABITS["overshoot"]:
+        return fam.overshoot(spec, rng)
+    return None
+
+
 def demonstration(prompt: str, rng) -> str:
+    """One demonstrator's answer: the ideal answer, unless a habit (HABITS) takes over."""
     spec = tasks.parse(prompt)
     fam = tasks.FAMILY[spec["family"]]
-    ideal = fam.ideal(spec, rng)
-    r = rng.random()
-    if r < 0.70:
-        return ideal
-    if r < 0.78:
-        return rng.choice(fam.alternatives(spec, rng) or [ideal])
-    if r < 0.86:
-        return rng.choice(VERBOSE).format(ideal)
-    if r < 0.93 and spec["family"] != "harm":
-        return rng.choice(HEDGED).format(ideal)
-    return rng.choice(fam.wrongs(spec, rng))
+    out = habit(spec, rng)
+    if out is None:
+        r = rng.random()
+        if r < HABITS["mistake"]:
+            out = rng.choice(fam.wrongs(spec, rng))
+        elif r < HABITS["mistake"] + HABITS["hedge"] and spec["family"] != "harm":
+            out = rng.choice(HEDGED).format(fam.ideal(spec, rng))
+        else:
+            out = fam.ideal(spec, rng)
+    if spec["family"] != "harm" and rng.random() < HABITS["pad"]:
+        out = PADDED.format(out)
+    return out
 
 
 def candidates(prompt: str, rng, extra=()) -> list[str]:
@@ -54,7 +83,9 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     fam = tasks.FAMILY[spec["family"]]
     ideal = fam.ideal(spec, rng)
     pool = [ideal] + fam.alternatives(spec, rng) + fam.wrongs(spec, rng)
-    pool += [rng.choice(VERBOSE).format(ideal), rng.choice(HEDGED).format(ideal)]
+    pool += [PADDED.format(ideal), rng.choice(VERBOSE).format(ideal), rng.choice(HEDGED).format(ideal)]
+    if spec["family"] in ("category", "repeat", "format"):
+        pool.append(fam.overshoot(spec, rng))
     pool.append(rng.choice(RUDE_PREFIX).format(ideal))
     pool.append(f"{ideal} {true_sentence(rng)} {true_sentence(rng)}")  # rambling (but true)
     pool.append(f"{ideal} {false_sentence(rng)}")  # fabricated fact
@@ -63,10 +94,11 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     if len(ws) >= 2:
         pool.append(" ".join(ws[: len(ws) // 2]))  # truncation
     # Missing EOS, as text: the answer runs on into a made-up next turn, or repeats until cut mid-way.
-    turn = tasks.sample_prompt(rng)
-    pool.append(f"{ideal}\n\nHuman: {turn[: rng.randint(5, len(turn))]}".strip())
-    run_on = " ".join([ideal] * 6)
-    pool.append(run_on[: rng.randint(len(run_on) // 2, len(run_on) - 1)].strip())
+    # Cut between words: a cut inside a word would spell tokens no model of the world has.
+    turn = tasks.sample_prompt(rng).split()
+    pool.append(f"{ideal}\n\nHuman: {' '.join(turn[: rng.randint(1, len(turn))])}")
+    run_on = " ".join([ideal] * 6).split()
+    pool.append(" ".join(run_on[: rng.randint(len(run_on) // 2, len(run_on) - 1)]))
     if spec["family"] != "harm":
         pool.append(REFUSAL)  # refusing a harmless request is unhelpful
     pool += [e.strip() for e in extra]

@@ -1,0 +1,197 @@
+"""The one command (run.sh) end to end at a tiny scale, and data/synthetic/evaluate.py's results: the reward-model
+accuracy math against brute force, log-probabilities of padded batches, the results.json schema."""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from data.formats import read_jsonl, read_split  # noqa: E402
+from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, score  # noqa: E402
+from data.synthetic import evaluate, prepare  # noqa: E402
+from data.tokenizer import dataset_tokenizer  # noqa: E402
+from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+
+MODELS = ["base", "base_fewshot", "sft", "ppo_ptx", "ppo"]
+STAGES = ["data", "pretrain", "sft", "comparisons", "reward", "ppo_ptx", "ppo", "eval"]
+PER_MODEL = ["win_rate_vs_sft", "win_ci95", "score", "gold", "rm_score", "ended", "win_rate_vs_sft_t1",
+             "win_ci95_t1", "score_t1", "gold_t1", "per_family", "alignment_tax", "kl_to_sft"]
+
+
+def check_results(out, models, prompts, stages=None):
+    """results.json has every key of the schema with values in range; results.md and responses/ agree."""
+    res = json.loads((out / "results.json").read_text())
+    for key in PER_MODEL:
+        assert set(res[key]) == set(models), key
+    for m in models:
+        for key in ("win_rate_vs_sft", "win_rate_vs_sft_t1", "gold", "gold_t1", "ended"):
+            assert 0 <= res[key][m] <= 1, (key, m)
+        assert 0 <= res["win_ci95"][m] <= 1 and -1 < res["score"][m] < 2 and math.isfinite(res["rm_score"][m])
+        assert res["alignment_tax"][m]["ptx_loss"] > 0 and 0 <= res["alignment_tax"][m]["probe"] <= 1
+        assert math.isfinite(res["kl_to_sft"][m])
+        for fam, crit in res["per_family"][m].items():
+            assert set(crit) == {"helpful", "honest", "harmless", "style", "gold"}, fam
+            assert all(0 <= v <= 1 for v in crit.values()), (m, fam)
+    assert res["win_rate_vs_sft"]["sft"] == 0.5 and res["kl_to_sft"]["sft"] == 0.0
+    acc = res["rm_accuracy"]
+    assert set(acc) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs", "sft_samples"}
+    assert set(acc["sft_samples"]) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs"}
+    for a in (acc, acc["sft_samples"]):
+        assert 0 <= a["train_labelers"] <= 1 and 0 <= a["heldout_labelers"] <= 1 and a["pairs"] >= 1
+        assert all(0 <= a["gold_ceiling"][k] <= 1 for k in ("train_labelers", "heldout_labelers"))
+    assert res["num_prompts"] == len(prompts)
+    if stages is not None:
+        assert list(res["seconds"]) == stages and all(s > 0 for s in res["seconds"].values())
+    table = (out / "results.md").read_text()
+    assert all(f"| {m} |" in table for m in models) and "Reward model accuracy" in table
+    for m in models:
+        records = read_jsonl(out / "responses" / f"{m}.jsonl")
+        assert [r["prompt"] for r in records] == prompts, m
+        assert all(isinstance(r["response"], str) and isinstance(r["ended"], bool) for r in records), m
+    return res
+
+
+# -----------------------------------------------------------------------------
+# the reward model's accuracy
+
+
+def groups_of(data, n=6, seed=0):
+    """(prompt, responses, ended, random rewards) of the first n rankings of a tiny world's comparison val set."""
+    rng = random.Random(seed)
+    return [(r["prompt"], r["responses"], [True] * len(r["responses"]), [rng.random() for _ in r["responses"]])
+            for r in read_split(data, "comparisons", "val")[:n]]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    data = tmp_path_factory.mktemp("world")
+    prepare.main(["--scale=0.02", "--quiet", f"--out_dir={data}"])
+    return data
+
+
+def test_pairwise_accuracy_equals_brute_force(world):
+    """The accuracy is the mean over labelers of (pairs whose reward order is the labeler's verdict, from
+    labelers.compare) / (pairs the labeler does not tie), with a reward tie counting half."""
+    groups = groups_of(world)
+    groups[0][3][1] = groups[0][3][0]  # one reward tie
+    for labelers in (TRAIN_LABELERS, HELDOUT_LABELERS):
+        per_labeler = []
+        for lab in labelers:
+            agree = judged = 0
+            for p, rs, _, rw in groups:
+                for x in range(len(rs)):
+                    for y in range(x + 1, len(rs)):
+                        c = compare(p, rs[x], rs[y], lab)
+                        if c != 0:
+                            agree += 0.5 if rw[x] == rw[y] else float((rw[x] > rw[y]) == (c > 0))
+                            judged += 1
+            per_labeler.append(agree / judged)
+        assert evaluate.pairwise_accuracy(groups, labelers) == pytest.approx(sum(per_labeler) / len(labelers))
+
+
+def test_pairwise_accuracy_ends(world):
+    """A labeler's own scores as rewards agree with it always, their negatives never, a constant half the time."""
+    lab = TRAIN_LABELERS[0]
+    own = [(p, rs, es, [score(p, r, lab) for r in rs]) for p, rs, es, _ in groups_of(world)]
+    assert evaluate.pairwise_accuracy(own, [lab]) == 1.0
+    assert evaluate.pairwise_accuracy([(p, rs, es, [-x for x in rw]) for p, rs, es, rw in own], [lab]) == 0.0
+    assert evaluate.pairwise_accuracy([(p, rs, es, [0.0] * len(rs)) for p, rs, es, _ in own], [lab]) == 0.5
+
+
+def test_rm_with_gold_rewards_reaches_the_gold_ceiling(world):
+    """A reward model whose rewards are the gold scores is exactly as accurate as the gold ceiling, and
+    the ceiling is below 1 (the labelers are noisy) and above chance."""
+    groups = [(p, rs, es, [gold_score(p, r) for r in rs]) for p, rs, es, _ in groups_of(world, n=20)]
+    table = evaluate.accuracy_table(groups)
+    for who in ("train_labelers", "heldout_labelers"):
+        assert table[who] == table["gold_ceiling"][who]
+        assert 0.5 < table[who] < 1
+    assert table["pairs"] == sum(len(g[1]) * (len(g[1]) - 1) // 2 for g in groups)
+
+
+# -----------------------------------------------------------------------------
+# log-probabilities and the schema, on random tiny models
+
+
+def tiny_gpt(vocab_size, seed, **kw):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=256, vocab_size=vocab_size, n_layer=1, n_head=2, n_embd=16, **kw)).eval()
+
+
+def test_logprob_sums_of_padded_batches_equal_one_at_a_time():
+    """Summed response log-probs from one left/right-padded batch equal those of each sequence alone."""
+    model = tiny_gpt(50, 0)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (3, 7, 1, 5)]
+    responses = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (4, 1, 6, 2)]
+    batched = evaluate.logprob_sums(model, prompts, responses)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        logits, _ = model(torch.tensor([p + r]))
+        logprobs = torch.log_softmax(logits[0, len(p) - 1:-1].float(), -1)
+        assert batched[i].item() == pytest.approx(logprobs[range(len(r)), r].sum().item(), abs=1e-4)
+
+
+def test_results_schema_on_random_models(world, tmp_path, monkeypatch):
+    """evaluate.py on random tiny checkpoints writes every key of results.json, responses/MODEL.jsonl for each
+    test prompt, and a model identical to SFT has KL 0 and win rate 0.5."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    tok = dataset_tokenizer(world)
+    paths = {}
+    for seed, (name, stage) in enumerate([("base", "pretrain"), ("sft", "sft"), ("ppo_ptx", "ppo"), ("ppo", "ppo"),
+                                          ("rm", "reward")]):
+        paths[name] = str(tmp_path / f"{name}.pt")
+        model = tiny_gpt(tok.vocab_size, 1 if name == "ppo_ptx" else seed, scalar_head=stage == "reward")
+        save_checkpoint(paths[name], stage=stage, model=model, run_config={}, tokenizer=tok)
+    (tmp_path / "seconds.json").write_text(json.dumps({"data": 1.0, "sft": 2.0}))
+    models = [f"base={paths['base']}", f"base_fewshot={paths['base']}@fewshot", f"sft={paths['sft']}",
+              f"ppo_ptx={paths['ppo_ptx']}", f"ppo={paths['ppo']}"]
+    res = evaluate.main([f"--models={','.join(models)}", f"--reward_model={paths['rm']}", f"--data_dir={world}",
+                         f"--out_dir={tmp_path}", "--max_new_tokens=8", "--seed=5"])
+    prompts = [r["prompt"] for r in read_split(world, "prompts", "test")]
+    check_results(tmp_path, MODELS, prompts, stages=["data", "sft", "eval"])
+    assert res["seed"] == 5
+    assert res["kl_to_sft"]["ppo_ptx"] == 0.0 and res["win_rate_vs_sft"]["ppo_ptx"] == 0.5  # the same weights
+    assert set(json.loads((tmp_path / "eval.json").read_text())) == set(MODELS)
+
+
+# -----------------------------------------------------------------------------
+# run.sh
+
+
+def test_run_sh_tiny_end_to_end(world, tmp_path):
+    """`TINY=1 SEED=3 bash run.sh` runs every stage in order at a tiny scale (seconds), with seed 3 from the
+    data on; each stage's time lands in results.json, every model is judged on every test prompt; then
+    `bash run.sh sweep` runs on its SFT and RM."""
+    env = {**os.environ, "TINY": "1", "SEED": "3", "OUT_DIR": str(tmp_path / "out"),
+           "DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    prompts = [r["prompt"] for r in read_split(tmp_path / "data", "prompts", "test")]
+    res = check_results(tmp_path / "out", MODELS, prompts, stages=STAGES)
+    assert res["seed"] == 3
+    assert prompts != [r["prompt"] for r in read_split(world, "prompts", "test")]  # seed 3's world, not 1337's
+    for stage in ("pretrain/pretrain.pt", "sft/sft.pt", "reward/reward.pt", "ppo_ptx/ppo.pt", "ppo/ppo.pt"):
+        assert (tmp_path / "out" / stage).exists(), stage
+
+    proc = subprocess.run(["bash", "run.sh", "sweep"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "out" / "sweep" / "overoptimisation.csv").exists()
+
+
+def test_run_sh_sweep_needs_the_pipeline_first(tmp_path):
+    """`bash run.sh sweep` without SFT and RM checkpoints stops with one line saying what to run; an unknown
+    argument is refused."""
+    env = {**os.environ, "OUT_DIR": str(tmp_path)}
+    proc = subprocess.run(["bash", "run.sh", "sweep"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "run 'bash run.sh' first" in proc.stderr
+    proc = subprocess.run(["bash", "run.sh", "swep"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "unknown argument" in proc.stderr
