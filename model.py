@@ -380,10 +380,13 @@ def last_token_scores(model, seqs, autocast=None):
 
 @torch.no_grad()
 def score_sequences(model, seqs, autocast=None, batch_size=64):
-    """Rewards (B,) of token sequences under a frozen scalar-head model, batch_size sequences per forward.
-    The model's train/eval mode is left as it is."""
-    return torch.cat([last_token_scores(model, seqs[i:i + batch_size], autocast)
-                      for i in range(0, len(seqs), batch_size)])
+    """Rewards (B,) of token sequences under a frozen scalar-head model, in their order. The forwards take
+    batch_size sequences of similar length (a stable sort: little padding, a fixed batching for a given
+    input). The model's train/eval mode is left as it is."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    scores = torch.cat([last_token_scores(model, [seqs[j] for j in order[i:i + batch_size]], autocast)
+                        for i in range(0, len(seqs), batch_size)])
+    return torch.empty_like(scores).index_copy_(0, torch.tensor(order, device=scores.device), scores)
 
 
 # -----------------------------------------------------------------------------

@@ -88,7 +88,7 @@ class PPOConfig:
     ckpt_interval: int = 20  # write ppo.pt and resume.pt every this many iterations
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; bf16 on CPUs with native bf16; else fp32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, fp16 on older GPUs, else fp32) | float32 | bfloat16
     seed: int = 1337  # prompts, samples and ptx windows are functions of (seed, iteration)
 
 

@@ -66,7 +66,7 @@ class RewardConfig:
     norm_samples: int = 512  # its samples (T=1, on training comparison prompts) for the scale
     norm_max_tokens: int = 48  # their length limit (PPO's max_new_tokens)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; bf16 on CPUs with native bf16; else fp32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, fp16 on older GPUs, else fp32) | float32 | bfloat16
     seed: int = 1337  # data order (and dropout)
 
 
@@ -233,7 +233,6 @@ def demonstration_mean_reward(model, data_dir, tok, rt, batch_size, limit=0):
     lengths = sft.prompts.lengths + sft.responses.lengths
     fits = fitting(lengths, model.config.block_size, "demonstrations", rt.master)[:limit or None]
     mine = fits[rt.rank::rt.world_size]
-    mine = mine[np.argsort(lengths[mine], kind="stable")]
     seqs = [np.concatenate([sft.prompts[i], sft.responses[i]]) for i in mine]
     total = score_sequences(model, seqs, rt.autocast, batch_size).double().sum().item() if seqs else 0.0
     model.train(was_training)

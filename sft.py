@@ -71,7 +71,7 @@ class SFTConfig:
     ckpt_interval: int = 200  # steps between resume.pt saves (Ctrl-C saves too)
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; bf16 on CPUs with native bf16; else fp32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, fp16 on older GPUs, else fp32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model (CUDA)
     seed: int = 1337  # model init, data order, dropout
 

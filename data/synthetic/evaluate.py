@@ -136,17 +136,6 @@ def kl_to_reference(model, ref, tok, prompts, prefix, tokens):
     return (logprob_sums(model, own, tokens) - logprob_sums(ref, bare, tokens)).mean().item()
 
 
-def score_by_length(rm, seqs):
-    """score_sequences with the sequences batched in order of length (half the padding, half the time on
-    the comparison val set), returned in their own order as a list."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    rewards = score_sequences(rm, [seqs[i] for i in order]).tolist()
-    out = [0.0] * len(seqs)
-    for i, r in zip(order, rewards):
-        out[i] = r
-    return out
-
-
 @torch.no_grad()
 def pretrain_loss(model, tok, data_dir, block_size, max_windows=64):
     """Mean next-token loss on non-overlapping windows of held-out pretraining text."""
@@ -226,7 +215,7 @@ def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
     (sft_samples: identical pairs left out; None without samples)."""
     records = read_split(data_dir, "comparisons", "val")
     seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, x) for r in records for x in r["responses"]]
-    rewards = score_by_length(rm, seqs)
+    rewards = score_sequences(rm, seqs).tolist()
     groups, i = [], 0
     for r in records:
         k = len(r["responses"])
@@ -237,7 +226,7 @@ def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
     keep = [i for i in range(len(prompts)) if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
     if keep:
         seqs = [encode_prompt(tok, prompts[i]) + s["tokens"][i] for i in keep for s in (a, b)]
-        r = score_by_length(rm, seqs)
+        r = score_sequences(rm, seqs).tolist()
         out["sft_samples"] = accuracy_table([(prompts[i], [a["texts"][i], b["texts"][i]],
                                               [a["ended"][i], b["ended"][i]], r[2 * j:2 * j + 2])
                                              for j, i in enumerate(keep)])
@@ -312,8 +301,8 @@ def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok):
          "ptx_loss": pretrain_loss(model, tok, args.data_dir, model.config.block_size),
          "probe": probe_accuracy(model, tok, args.data_dir)}
     if rm is not None:
-        r["rm"] = sum(score_by_length(rm, [encode_prompt(tok, q) + ids for q, ids in zip(prompts, s["tokens"])]))
-        r["rm"] /= len(prompts)
+        seqs = [encode_prompt(tok, q) + ids for q, ids in zip(prompts, s["tokens"])]
+        r["rm"] = score_sequences(rm, seqs).mean().item()
     s1 = None
     if args.sample_t1:
         t0 = time.time()

@@ -66,9 +66,10 @@ class PrepareConfig:
     quiet: bool = False  # print nothing
 
 
-def split_prompts(sizes: dict, seed: int) -> dict:
+def split_prompts(args) -> dict:
     """Disjoint prompt lists per split. Families whose prompt space runs out get rarer in later splits."""
-    seen, out = set(), {}
+    sizes = {name: max(1, round(getattr(args, name) * args.scale)) for name, _ in PROMPT_SPLITS}
+    seed, seen, out = args.seed, set(), {}
     for name, _ in PROMPT_SPLITS:
         rng = random.Random(f"{seed}:prompts:{name}")
         prompts, tries = [], 0
@@ -180,8 +181,7 @@ def texts_of(records) -> list[str]:
 
 def build(args) -> dict:
     """All files' records, keyed by file name. Pure function of the arguments."""
-    sizes = {name: max(1, round(getattr(args, name) * args.scale)) for name, _ in PROMPT_SPLITS}
-    prompts = split_prompts(sizes, args.seed)
+    prompts = split_prompts(args)
     files = {}
     rng = random.Random(f"{args.seed}:sft")
     for split in ("train", "val"):
@@ -209,8 +209,7 @@ def comparison_files(prompts, seed, extra=None) -> dict:
 def from_policy(args) -> dict:
     """The comparisons again, now with the policy's samples among the candidates (the paper's labelers
     ranked samples of the models being trained). The written candidates are the same as without."""
-    sizes = {name: max(1, round(getattr(args, name) * args.scale)) for name, _ in PROMPT_SPLITS}
-    prompts = split_prompts(sizes, args.seed)
+    prompts = split_prompts(args)
     extra, dropped = policy_samples(args.from_policy, prompts["rm_train"] + prompts["rm_val"],
                                     args.policy_samples, args.policy_max_tokens, args.device, args.seed)
     files = comparison_files(prompts, args.seed, extra)

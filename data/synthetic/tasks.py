@@ -433,7 +433,8 @@ class Format(Family):
     def overshoot(self, spec, rng):
         """A nice sentence that ignores the word limit."""
         v1, v2 = rng.sample(VERBS, 2)
-        return f"The big {spec['colour']} {spec['animal']} {v1} and {v2} all day long with the other {spec['animal']}s."
+        c, a = spec["colour"], spec["animal"]
+        return f"The big {c} {a} {v1} and {v2} all day long with the other {a}s."
 
     def wrongs(self, spec, rng):
         c, a = spec["colour"], spec["animal"]
