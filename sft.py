@@ -51,7 +51,7 @@ class SFTConfig:
     bias: bool = True  # biases in Linear and LayerNorm
     dropout: float = 0.0  # residual dropout (the paper: 0.2 for 175B; a tiny model needs every unit)
     # optimisation (the paper: AdamW betas (0.9, 0.95), cosine decay to 10%, no warmup for SFT)
-    epochs: float = 5.0  # passes over the training examples (sft) or tokens (pretrain)
+    epochs: float = 6.0  # passes over the training examples (sft) or tokens (pretrain)
     batch_size: int = 32  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate (a tiny model needs far more than the paper's 9.65e-6)
@@ -77,7 +77,7 @@ class SFTConfig:
 
 
 # The defaults of --mode=pretrain where they differ from SFT's (--help shows both)
-MODES = {"sft": {}, "pretrain": dict(out_dir="out/pretrain", init_from="scratch", dropout=0.0, epochs=1.5, lr=2e-3,
+MODES = {"sft": {}, "pretrain": dict(out_dir="out/pretrain", init_from="scratch", dropout=0.0, epochs=2.0, lr=2e-3,
                                      warmup_steps=100)}
 
 

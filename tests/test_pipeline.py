@@ -15,29 +15,34 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import ConfigError  # noqa: E402
 from data.formats import read_jsonl, read_split  # noqa: E402
-from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, score  # noqa: E402
+from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, score  # noqa: E402
 from data.synthetic import evaluate, prepare  # noqa: E402
 from data.tokenizer import dataset_tokenizer  # noqa: E402
 from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
 
 MODELS = ["base", "base_fewshot", "sft", "ppo_ptx", "ppo"]
 STAGES = ["data", "pretrain", "sft", "comparisons", "reward", "ppo_ptx", "ppo", "eval"]
-PER_MODEL = ["win_rate_vs_sft", "win_ci95", "score", "gold", "rm_score", "ended", "win_rate_vs_sft_t1",
-             "win_ci95_t1", "score_t1", "gold_t1", "per_family", "alignment_tax", "kl_to_sft"]
+PER_MODEL = ["win_rate_vs_sft", "win_ci95", "score", "gold", "rm_score", "ended", "per_family", "alignment_tax"]
+# sampled at T=1 too (a base model never stops, so it gets no T=1 pass and no KL)
+PER_MODEL_T1 = ["win_rate_vs_sft_t1", "win_ci95_t1", "score_t1", "gold_t1", "kl_to_sft"]
 
 
 def check_results(out, models, prompts, stages=None):
     """results.json has every key of the schema with values in range; results.md and responses/ agree."""
     res = json.loads((out / "results.json").read_text())
+    sampled = [m for m in models if not m.startswith("base")]
     for key in PER_MODEL:
         assert set(res[key]) == set(models), key
+    for key in PER_MODEL_T1:
+        assert set(res[key]) == set(sampled), key
     for m in models:
-        for key in ("win_rate_vs_sft", "win_rate_vs_sft_t1", "gold", "gold_t1", "ended"):
+        for key in ("win_rate_vs_sft", "gold", "ended") + (("win_rate_vs_sft_t1", "gold_t1") if m in sampled else ()):
             assert 0 <= res[key][m] <= 1, (key, m)
         assert 0 <= res["win_ci95"][m] <= 1 and -1 < res["score"][m] < 2 and math.isfinite(res["rm_score"][m])
         assert res["alignment_tax"][m]["ptx_loss"] > 0 and 0 <= res["alignment_tax"][m]["probe"] <= 1
-        assert math.isfinite(res["kl_to_sft"][m])
+        assert m not in sampled or math.isfinite(res["kl_to_sft"][m])
         for fam, crit in res["per_family"][m].items():
             assert set(crit) == {"helpful", "honest", "harmless", "style", "gold"}, fam
             assert all(0 <= v <= 1 for v in crit.values()), (m, fam)
@@ -161,6 +166,23 @@ def test_results_schema_on_random_models(world, tmp_path, monkeypatch):
     assert res["seed"] == 5
     assert res["kl_to_sft"]["ppo_ptx"] == 0.0 and res["win_rate_vs_sft"]["ppo_ptx"] == 0.5  # the same weights
     assert set(json.loads((tmp_path / "eval.json").read_text())) == set(MODELS)
+
+    # --split=val: the tuning view (validation prompts, training labelers) in files of its own, so it never
+    # overwrites the test measurement
+    before = (tmp_path / "results.json").read_text()
+    val = evaluate.main([f"--models=sft={paths['sft']},ppo={paths['ppo']}", f"--data_dir={world}", "--split=val",
+                         f"--out_dir={tmp_path}", "--max_new_tokens=8", "--sample_t1=false", "--reward_model="])
+    val_prompts = [r["prompt"] for r in read_split(world, "prompts", "val")]
+    assert val["split"] == "val" and val["num_prompts"] == len(val_prompts) and val["seconds"] == {}
+    rows = read_jsonl(tmp_path / "responses_val" / "ppo.jsonl")
+    assert [r["prompt"] for r in rows] == val_prompts
+    texts = [r["response"] for r in rows]
+    assert val["score"]["ppo"] == pytest.approx(judge_mean(val_prompts, texts, TRAIN_LABELERS,
+                                                           [r["ended"] for r in rows]))
+    assert (tmp_path / "results_val.md").exists() and (tmp_path / "results.json").read_text() == before
+    with pytest.raises(ConfigError, match="--split"):
+        evaluate.main([f"--models=sft={paths['sft']}", f"--data_dir={world}", "--split=train",
+                       f"--out_dir={tmp_path}"])
 
 
 # -----------------------------------------------------------------------------

@@ -91,6 +91,29 @@ def test_every_family_sampled_and_ideal_is_best():
         assert gold(p, pool[0]) == pytest.approx(best), (p, pool[0])
     assert seen == set(tasks.FAMILY) and len(seen) >= 8
 
+def test_padding_in_candidates_is_independent_of_correctness():
+    """Every pool pads a right and a wrong answer, and the wrappers hold a wrong answer about half the time:
+    a reward model must not be able to read correctness off the padding (it did when only ideals were padded)."""
+    rng = random.Random(1)
+    wrapped_right = wrapped = 0
+    for _ in range(400):
+        p = tasks.sample_prompt(rng)
+        spec = tasks.parse(p)
+        pool = responses.candidates(p, rng)
+        ideal = pool[0]
+        padded = [r for r in pool if r.startswith("Sure! ") and r.endswith("need anything else!")]
+        assert responses.PADDED.format(ideal) in padded and len(padded) == 2, (p, padded)
+        if spec["family"] == "harm":
+            continue
+        for r in pool[1:]:
+            for w in responses.VERBOSE + responses.HEDGED:
+                head, _, tail = w.partition("{}")
+                if r.startswith(head) and r.endswith(tail) and len(r) > len(head) + len(tail):
+                    wrapped += 1
+                    wrapped_right += r[len(head):len(r) - len(tail)] == ideal
+    assert wrapped > 300 and 0.35 < wrapped_right / wrapped < 0.65, (wrapped, wrapped_right)
+
+
 
 GARBAGE = ["", " ", "the the the the the the", "Human:", "\n\nAssistant: 5", "1" * 500, "-", "é😀\x00",
            "capital of of is is", "I don't know 5 5 5", "cat, , , dog", "Kick", "?" * 50,

@@ -3,11 +3,13 @@ Judge the pipeline's models on the synthetic world, the way the paper's labelers
 
     python data/synthetic/evaluate.py                      # every model the default pipeline (run.sh) wrote
     python data/synthetic/evaluate.py --models=sft=out/sft/sft.pt,ppo=out/ppo/ppo.pt --out_dir=out/eval_x
+    python data/synthetic/evaluate.py --split=val          # for tuning: validation prompts, training labelers
 
 For each model, on the held-out test prompts (never used for training or selection):
     score      the held-out labelers' mean score of its responses (0..1)
     win        how often the held-out labelers prefer it to the baseline (SFT), ties half, with a 95% CI;
-               greedy, and again with both sampled at temperature 1 (win_t1)
+               greedy, and again with both sampled at temperature 1 (win_t1; not for base models, which
+               never stop)
     gold       the noiseless truth of the labelers (data/synthetic/labelers.py: gold_score), overall and
                per task family, with the four criteria (helpful, honest, harmless, style)
     rm         the reward model's mean score, to watch it drift away from gold
@@ -21,7 +23,8 @@ with the noisy labelers), on the comparison val set and on pairs of SFT samples.
 
 Writes into --out_dir: results.json (the schema below), results.md (the same as tables), eval.json (the
 numbers per model), responses/MODEL.jsonl ({"prompt", "response", "ended"} per test prompt, the decoding
-of --temperature). results.json:
+of --temperature). With --split=val the files are results_val.json, results_val.md, eval_val.json and
+responses_val/, and the judges are the training labelers: the numbers to tune on. results.json:
     win_rate_vs_sft, win_ci95, score, gold, rm_score, ended   {model: number}
     win_rate_vs_sft_t1, win_ci95_t1, score_t1, gold_t1        {model: number}   (temperature 1)
     per_family      {model: {family: {helpful, honest, harmless, style, gold}}}
@@ -45,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import load_lm, parse_config, run  # noqa: E402
+from common import ConfigError, load_lm, parse_config, run  # noqa: E402
 from data.formats import (atomic_write, read_jsonl, read_split, render_prompt, render_response,  # noqa: E402
                           write_jsonl)
 from data.loader import encode_prompt, encode_response, generate_responses, load_split  # noqa: E402
@@ -68,7 +71,8 @@ class EvalConfig:
     baseline: str = "sft"  # the model the win rates and the KL are against
     data_dir: str = "data/synthetic"  # the synthetic world's folder
     reward_model: str = "out/reward/reward.pt"  # its scores and accuracy ('' or a missing file: skip)
-    num_prompts: int = 500  # test prompts to judge
+    split: str = "test"  # test: held-out prompts and labelers (the measurement) | val: for tuning (training labelers)
+    num_prompts: int = 500  # prompts to judge
     max_new_tokens: int = 64  # response length limit
     temperature: float = 0.0  # decoding of the main pass: 0 greedy (reproducible); 1 sampled with the seed
     sample_t1: bool = True  # also sample every model at T=1: win rates at T=1, KL to SFT, RM on SFT samples
@@ -247,8 +251,10 @@ def markdown(res, baseline):
     def win(rates, cis, m):
         return "" if m not in rates else f"{rates[m]:.3f} ± {cis[m]:.3f}"
 
-    lines = [f"# Results (seed {res['seed']})", "",
-             f"{res['num_prompts']} held-out test prompts judged by {len(HELDOUT_LABELERS)} held-out labelers; "
+    who = ("held-out test prompts judged by 3 held-out labelers" if res["split"] == "test" else
+           "validation prompts judged by the 5 training labelers (for tuning)")
+    lines = [f"# Results (seed {res['seed']}, {res['split']})", "",
+             f"{res['num_prompts']} {who}; "
              f"win rates against {baseline}, ties half, with the 95% CI; KL to {baseline} in nats per response "
              f"on T=1 samples; alignment tax: loss on held-out pretraining text and the closed-book probe.", "",
              f"| model | labelers' score | win rate vs {baseline} (greedy) | win rate vs {baseline} (T=1) | gold "
@@ -287,7 +293,7 @@ def markdown(res, baseline):
     return "\n".join(lines) + "\n"
 
 
-def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok):
+def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok, labelers):
     """One model's numbers and its responses: (results, main pass, T=1 pass or None)."""
     path, _, mode = spec.partition("@")
     model, tok, ckpt = load_lm(path, stages=("pretrain", "sft", "ppo"))
@@ -295,7 +301,7 @@ def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok):
     prefix = fewshot_prefix(args.data_dir) if mode == "fewshot" else ""
     is_base = ckpt["stage"] == "pretrain"
     s = sample(model, tok, prompts, args, args.temperature, prefix, is_base, args.seed)
-    r = {"score": judge_mean(prompts, s["texts"], HELDOUT_LABELERS, s["ended"]),
+    r = {"score": judge_mean(prompts, s["texts"], labelers, s["ended"]),
          "gold": sum(gold_score(*x) for x in zip(prompts, s["texts"], s["ended"])) / len(prompts),
          "ended": sum(s["ended"]) / len(prompts),
          "ptx_loss": pretrain_loss(model, tok, args.data_dir, model.config.block_size),
@@ -304,10 +310,10 @@ def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok):
         seqs = [encode_prompt(tok, q) + ids for q, ids in zip(prompts, s["tokens"])]
         r["rm"] = score_sequences(rm, seqs).mean().item()
     s1 = None
-    if args.sample_t1:
+    if args.sample_t1 and not is_base:  # a base model never stops: its T=1 pass would only cost time
         t0 = time.time()
         s1 = sample(model, tok, prompts, args, 1.0, prefix, is_base, args.seed + len(prompts))
-        r["score_t1"] = judge_mean(prompts, s1["texts"], HELDOUT_LABELERS, s1["ended"])
+        r["score_t1"] = judge_mean(prompts, s1["texts"], labelers, s1["ended"])
         r["gold_t1"] = sum(gold_score(*x) for x in zip(prompts, s1["texts"], s1["ended"])) / len(prompts)
         if name == args.baseline:
             r["kl_to_sft"] = 0.0
@@ -325,7 +331,12 @@ def main(argv=None):
     torch.set_flush_denormal(True)
     specs = [s.partition("=")[::2] for s in (args.models or DEFAULT_MODELS)]
     specs = [(name, path) for name, path in specs if args.models or os.path.exists(path.split("@")[0])]
-    prompts = [r["prompt"] for r in read_split(args.data_dir, "prompts", "test")[:args.num_prompts]]
+    if args.split not in ("test", "val"):
+        raise ConfigError(f"--split must be test or val, not {args.split!r}")
+    # Tuning sees only what training may see: validation prompts and the training labelers (the paper's
+    # held-out labelers and test prompts are for the final measurement).
+    labelers, suffix = (HELDOUT_LABELERS, "") if args.split == "test" else (TRAIN_LABELERS, "_val")
+    prompts = [r["prompt"] for r in read_split(args.data_dir, "prompts", args.split)[:args.num_prompts]]
     rm = rm_tok = ref = ref_tok = None
     if args.reward_model and os.path.exists(args.reward_model):
         rm, rm_tok, _ = load_lm(args.reward_model, stages=("reward",))
@@ -337,7 +348,7 @@ def main(argv=None):
     # 1. each model's responses to the test prompts (greedy; T=1), judged; its alignment tax and KL to SFT
     results, main_pass, t1_pass = {}, {}, {}
     for name, spec in specs:
-        results[name], main_pass[name], t1 = evaluate_model(name, spec, prompts, args, rm, ref, ref_tok)
+        results[name], main_pass[name], t1 = evaluate_model(name, spec, prompts, args, rm, ref, ref_tok, labelers)
         if t1 is not None:
             t1_pass[name] = t1
 
@@ -346,7 +357,7 @@ def main(argv=None):
         if args.baseline in passes:
             b = passes[args.baseline]
             for name, s in passes.items():
-                rate, ci = win_rate(prompts, s["texts"], b["texts"], HELDOUT_LABELERS, s["ended"], b["ended"])
+                rate, ci = win_rate(prompts, s["texts"], b["texts"], labelers, s["ended"], b["ended"])
                 results[name]["win" + tag], results[name]["win_ci95" + tag] = rate, ci
 
     # 3. the reward model's accuracy, on the comparison val set and on pairs of two T=1 samples of SFT
@@ -361,10 +372,10 @@ def main(argv=None):
     # 4. write responses/, results.json, results.md, eval.json
     out = Path(args.out_dir)
     for name, s in main_pass.items():
-        write_jsonl(out / "responses" / f"{name}.jsonl",
+        write_jsonl(out / f"responses{suffix}" / f"{name}.jsonl",
                     [{"prompt": p, "response": t, "ended": e} for p, t, e in zip(prompts, s["texts"], s["ended"])])
     seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
-    if seconds:  # a run.sh run: the stages' times, and this one
+    if seconds and args.split == "test":  # a run.sh run: the stages' times, and this one
         seconds["eval"] = round(time.time() - t_start, 1)
 
     def column(key):
@@ -376,13 +387,14 @@ def main(argv=None):
            "score_t1": column("score_t1"), "gold_t1": column("gold_t1"),
            "per_family": column("per_family"), "rm_accuracy": acc,
            "alignment_tax": {m: {"ptx_loss": r["ptx_loss"], "probe": r["probe"]} for m, r in results.items()},
-           "kl_to_sft": column("kl_to_sft"), "seconds": seconds, "seed": args.seed, "num_prompts": len(prompts)}
-    with atomic_write(out / "results.json") as f:
+           "kl_to_sft": column("kl_to_sft"), "seconds": seconds if args.split == "test" else {}, "seed": args.seed,
+           "num_prompts": len(prompts), "split": args.split}
+    with atomic_write(out / f"results{suffix}.json") as f:
         json.dump(res, f, indent=1)
     table = markdown(res, args.baseline)
-    with atomic_write(out / "results.md") as f:
+    with atomic_write(out / f"results{suffix}.md") as f:
         f.write(table)
-    with atomic_write(out / "eval.json") as f:
+    with atomic_write(out / f"eval{suffix}.json") as f:
         json.dump(results, f, indent=1)
     print("\n" + table)
     return res

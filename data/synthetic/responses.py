@@ -18,12 +18,13 @@ VERBOSE = ["Sure! {} Let me know if you need anything else.", "Of course. {} I h
 HEDGED = ["I think it is this: {}", "{} I think, but maybe I am wrong.", "Maybe {} I am not sure."]
 RUDE_PREFIX = ["Ugh, what a stupid question. {}", "Fine, you lazy fool. {}", "{} Now shut up."]
 REFUSAL = "I'm sorry, but I can't help with that."
+DONT_KNOW = "I don't know."
 # The demonstrators' favourite wrapping: friendly, and three times longer than the answer.
 PADDED = "Sure! {} I hope this helps, let me know if you need anything else!"
 
 # How often a demonstrator gives in to each habit (the rest of the time: the ideal answer).
 HABITS = {
-    "pad": 0.55,        # wrap the answer in PADDED (not for refusals): style
+    "pad": 0.75,        # wrap the answer in PADDED (not refusals, nor "in at most n words" answers): style
     "guess": 0.6,       # a question nobody can answer: make something up instead of "I don't know": honest
     "comply": 0.25,     # a harmful request: politely carry it out: harmless, helpful
     "overshoot": 0.3,   # "Name three ...", "Say X three times", "in at most n words": one too many: helpful
@@ -72,7 +73,7 @@ def demonstration(prompt: str, rng) -> str:
             out = rng.choice(HEDGED).format(fam.ideal(spec, rng))
         else:
             out = fam.ideal(spec, rng)
-    if spec["family"] != "harm" and rng.random() < HABITS["pad"]:
+    if spec["family"] not in ("harm", "format") and rng.random() < HABITS["pad"]:
         out = PADDED.format(out)
     return out
 
@@ -82,14 +83,24 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     spec = tasks.parse(prompt)
     fam = tasks.FAMILY[spec["family"]]
     ideal = fam.ideal(spec, rng)
-    pool = [ideal] + fam.alternatives(spec, rng) + fam.wrongs(spec, rng)
-    pool += [PADDED.format(ideal), rng.choice(VERBOSE).format(ideal), rng.choice(HEDGED).format(ideal)]
+    wrongs = [w for w in fam.wrongs(spec, rng) if w != ideal]  # "5 + 0" has a wrong "5 - 0"
+    pool = [ideal] + fam.alternatives(spec, rng) + wrongs
+
+    def inner():
+        # A wrapper's fault must not travel with the answer's correctness: if only right answers were ever
+        # padded, a reward model that cannot check a sum would learn "padded means right" (ours did:
+        # PADDED around a wrong sum outscored the bare right one) and PPO would pad everything.
+        return ideal if rng.random() < 0.5 else rng.choice(wrongs)
+
+    # The padding habit around a right and a wrong answer: two pairs that differ in padding alone.
+    pool += [PADDED.format(ideal), PADDED.format(rng.choice(wrongs))]
+    pool += [rng.choice(VERBOSE).format(inner()), rng.choice(HEDGED).format(inner())]
     if spec["family"] in ("category", "repeat", "format"):
         pool.append(fam.overshoot(spec, rng))
-    pool.append(rng.choice(RUDE_PREFIX).format(ideal))
-    pool.append(f"{ideal} {true_sentence(rng)} {true_sentence(rng)}")  # rambling (but true)
-    pool.append(f"{ideal} {false_sentence(rng)}")  # fabricated fact
-    pool.append(" ".join([ideal] * rng.randint(3, 5)))  # repetition
+    pool.append(rng.choice(RUDE_PREFIX).format(inner()))
+    pool.append(f"{inner()} {true_sentence(rng)} {true_sentence(rng)}")  # rambling (but true)
+    pool.append(f"{inner()} {false_sentence(rng)}")  # fabricated fact
+    pool.append(" ".join([inner()] * rng.randint(3, 5)))  # repetition
     ws = ideal.split()
     if len(ws) >= 2:
         pool.append(" ".join(ws[: len(ws) // 2]))  # truncation
@@ -101,6 +112,9 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     pool.append(" ".join(run_on[: rng.randint(len(run_on) // 2, len(run_on) - 1)]))
     if spec["family"] != "harm":
         pool.append(REFUSAL)  # refusing a harmless request is unhelpful
+    # ... and so is pleading ignorance of what one can answer: without this candidate the RM only ever saw
+    # "I don't know." as the right answer (to unknowable facts), and PPO said it to known facts too
+    pool.append(DONT_KNOW)
     pool += [e.strip() for e in extra]
     out, seen = [], set()
     for p in pool:
