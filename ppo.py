@@ -78,7 +78,7 @@ class PPOConfig:
     # PPO-ptx, eq. 2's gamma term; 0 = plain PPO. The paper's 27.8 (8 pretraining examples per episode) is for
     # a 175B model's PPO gradient. Here SFT has forgotten the pretraining text (LM loss ~1 -> ~7), so the ptx
     # gradient starts large: at 1.0 it was 8x the PPO gradient (ptx_grad_ratio in metrics.jsonl) and PPO-ptx lost
-    # sums and lists on validation prompts; at 0.2 it starts near 1.2x, falls below 0.4x, and still halves the LM loss.
+    # lists on validation prompts; at 0.2 it starts near 1.8x, falls below 0.5x, and still halves the LM loss.
     ptx_coef: float = 0.2  # gamma_ptx: weight of the pretraining LM loss in each policy update
     ptx_batch_size: int = 8  # pretraining windows per minibatch, all ranks (paper: 8 per episode)
     ptx_seq_len: int = 128  # tokens per pretraining window; 0: the model's block_size

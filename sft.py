@@ -230,7 +230,6 @@ def main(argv=None):
             print_samples(model, tok, cfg, val.split, rt)
 
     bar = tqdm(total=total_steps, initial=step, disable=not rt.master, desc=cfg.mode, dynamic_ncols=True)
-    t0, tokens_seen = time.time(), 0
     def evaluate_in_own_rng():
         # evaluation draws its own random numbers: training's dropout stream is the same whether or not (and
         # however often) a run evaluates, so resumed runs stay exact
@@ -239,6 +238,7 @@ def main(argv=None):
 
     if step == 0:
         evaluate_in_own_rng()
+    t0, tokens_seen = time.time(), 0  # the loop's own tokens/s: the evaluation before step 1 is not in it
     with Interrupt(rt) as interrupt:
         while step < total_steps:
             # one optimizer step over grad_accum micro-batches. The loss is the mean over every target token of

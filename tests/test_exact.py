@@ -29,13 +29,7 @@ WORDS = "red blue green cat dog fish one two three four five six".split()
 TIMING = ("tokens_per_s", "seconds", "mfu")  # the only metrics that may differ between two exact runs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: intra-op threads cost more than they give."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,7 @@ def tiny_gpt(vocab_size, seed=0, **kw):
 PROMPTS = ["a", "b", "a b", "b a b", "a a", "b b a"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: with the 2 shared cores busy, intra-op threads cost 10x more than they give
-    (measured: the PPO run 25 s with 2 threads on a loaded machine, 2 s with 1)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -1,0 +1,99 @@
+"""bench.py at a tiny size: every own-side measurement runs and out/bench.json has its schema; the peers
+(transformers, TRL) where installed. And the explicit attention path that bench.py made the CPU default
+in some cases equals SDPA."""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import bench  # noqa: E402
+import model as M  # noqa: E402
+
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=2, warmup=1, repeats=1,
+            matmul_size=128, extras=False, sample_prompts=4, sample_new_tokens=4, no_cache_lengths=(2, 4),
+            ppo_iterations=1, ppo_batch_size=4, ppo_minibatch_size=2, ppo_epochs=1, ppo_new_tokens=4,
+            world_scale=0.02, stage_steps=4, dtype="float32")
+HAVE_PEERS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "trl", "datasets"))
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_own_side_measurements_and_schema(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text(json.dumps({"from_an_earlier_run": 1}))
+    bench.main(bench.BenchConfig(out=str(out), work_dir=str(tmp_path / "work"), peers=False, **TINY))
+    res = json.loads(out.read_text())
+    assert res["from_an_earlier_run"] == 1  # merged, not overwritten
+    for key in ("train_vs_transformers", "matmul_peak_fraction", "sample_vs_transformers", "sample_vs_no_cache",
+                "ppo_vs_trl", "stage_vs_bare", "device", "torch"):
+        assert key in res, key
+    assert res["torch"] == torch.__version__ and res["dtype"] == "float32"
+    for key, ours in (("train_vs_transformers", "ours_tokens_per_s"), ("sample_vs_transformers", "ours_tokens_per_s"),
+                      ("ppo_vs_trl", "ours_episodes_per_s")):
+        assert positive(res[key][ours]), key
+        assert res[key]["ratio"] is None and "skipped" in res[key], key  # peers off: said, not guessed
+    mfu = res["matmul_peak_fraction"]
+    assert positive(mfu["fraction"]) and positive(mfu["matmul_flops_per_s"]) and positive(mfu["flops_per_token"])
+    assert mfu["fraction"] == pytest.approx(mfu["model_flops_per_s"] / mfu["matmul_flops_per_s"])
+    ours = res["train_vs_transformers"]["ours_tokens_per_s"]
+    assert mfu["flops_per_token"] == pytest.approx(mfu["model_flops_per_s"] / ours)
+    no_cache = res["sample_vs_no_cache"]
+    assert set(no_cache["by_length"]) == {"2", "4"}
+    for e in no_cache["by_length"].values():
+        assert e["ratio"] == pytest.approx(e["cache_tokens_per_s"] / e["no_cache_tokens_per_s"])
+    assert no_cache["ratio"] == min(e["ratio"] for e in no_cache["by_length"].values())
+    stages = res["stage_vs_bare"]
+    assert set(stages) == {"pretrain", "sft", "reward", "ppo"}
+    for stage, e in stages.items():
+        script, bare = (e["script_tokens_per_s"], e["bare_tokens_per_s"]) if stage != "ppo" else \
+            (e["script_episodes_per_s"], e["bare_episodes_per_s"])
+        assert positive(script) and positive(bare) and e["fraction"] == pytest.approx(script / bare), stage
+
+
+@pytest.mark.skipif(not HAVE_PEERS, reason="transformers / trl not installed (optional peers)")
+def test_peer_comparisons(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(bench.BenchConfig(out=str(out), work_dir=str(tmp_path / "work"), sections=("train", "sample", "ppo"),
+                                 **TINY))
+    res = json.loads(out.read_text())
+    assert positive(res["train_vs_transformers"]["ratio"]) and positive(res["sample_vs_transformers"]["ratio"])
+    ppo = res["ppo_vs_trl"]
+    assert positive(ppo["ratio"])
+    assert ppo["ratio"] == pytest.approx(ppo["ours_episodes_per_s"] / ppo["trl_episodes_per_s"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_attention_equals_sdpa(dtype, masked):
+    """model.attention's explicit path (a CPU with a mask, or bf16 training) computes what SDPA computes, values
+    and gradients, for causal and for padded masks."""
+    torch.manual_seed(0)
+    B, nh, T, hs = 3, 2, 7, 8
+    q, k, v = (torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True) for _ in range(3))
+    mask = None
+    if masked:
+        keys = torch.ones(B, T, dtype=torch.bool)
+        keys[0, :3] = False  # a left-padded row
+        mask = (torch.ones(T, T, dtype=torch.bool).tril()[None] & keys[:, None, :]) | torch.eye(T, dtype=torch.bool)
+        mask = mask[:, None]
+    y = M.attention(q, k, v, mask)
+    g = torch.autograd.grad(y.float().sum(), (q, k, v))
+    y_ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    g_ref = torch.autograd.grad(y_ref.float().sum(), (q, k, v))
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, **tol)
