@@ -42,7 +42,8 @@ import torch.nn.functional as F
 import ppo
 import reward
 import sft
-from common import ConfigError, configure_optimizer, cpu_has_bf16, optimizer_step, parse_config, run, setup_runtime
+from common import (ConfigError, configure_optimizer, cpu_has_bf16, load_lm, optimizer_step, parse_config, run,
+                    setup_runtime)
 from data.formats import atomic_write, read_split
 from data.loader import encode_prompt, length_bucketed_batches, load_split, random_windows
 from data.synthetic import prepare
@@ -482,14 +483,14 @@ def bench_stages(cfg, rt, tok, world, work):
     for mode, init in (("pretrain", "scratch"), ("sft", str(work / "pretrain" / "pretrain.pt"))):
         scfg = sft.SFTConfig(mode=mode, init_from=init, out_dir=str(work / mode), **model_args, **common_args,
                              **{k: v for k, v in sft.MODES[mode].items() if k in ("lr", "warmup_steps")})
-        model = sft.load_lm(init)[0] if init != "scratch" else GPT(GPTConfig(
+        model = load_lm(init)[0] if init != "scratch" else GPT(GPTConfig(
             block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
             n_embd=cfg.n_embd))
         model.to(rt.device)
         opt = configure_optimizer(model, scfg.lr, scfg.weight_decay, scfg.betas, rt.device_type)
         train = sft.Batches(scfg, load_split(str(world), mode, "train", tok), cfg.block_size)
         scfg.epochs = n / train.per_epoch  # n optimizer steps
-        batches = [train(k) + (train(k)[0].numel(),) for k in range(n)]
+        batches = [(x, y, x.numel()) for x, y in map(train, range(n))]
 
         def step(batch, model=model, opt=opt):
             x, y, _ = batch
@@ -505,7 +506,7 @@ def bench_stages(cfg, rt, tok, world, work):
     # reward: the K responses of each prompt in one forward, eq. 1 over all pairs
     rcfg = reward.RewardConfig(init_from=str(work / "sft" / "sft.pt"), out_dir=str(work / "reward"), max_steps=n,
                                batch_size=cfg.batch_size, norm_demos=64, norm_samples=64, **common_args)
-    model = sft.load_lm(rcfg.init_from, scalar_head=True)[0].to(rt.device)
+    model = load_lm(rcfg.init_from, scalar_head=True)[0].to(rt.device)
     model.score_head.bias.requires_grad_(False)
     opt = configure_optimizer(model, rcfg.lr, rcfg.weight_decay, rcfg.betas, rt.device_type)
     comparisons = reward.Comparisons(str(world), "train", tok, model.config.block_size, master=False)

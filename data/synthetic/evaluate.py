@@ -57,7 +57,7 @@ from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_sco
 from data.synthetic.labelers import TIE_EPS  # noqa: E402
 from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
 
-# What run.sh writes: PPO-ptx (the paper's InstructGPT, ptx_coef=1) in out/ppo_ptx, PPO without ptx in out/ppo.
+# What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO without ptx in out/ppo.
 DEFAULT_MODELS = ("base=out/pretrain/pretrain.pt", "base_fewshot=out/pretrain/pretrain.pt@fewshot",
                   "sft=out/sft/sft.pt", "ppo_ptx=out/ppo_ptx/ppo.pt", "ppo=out/ppo/ppo.pt")
 LABELER_SETS = {"train_labelers": TRAIN_LABELERS, "heldout_labelers": HELDOUT_LABELERS}
@@ -251,8 +251,8 @@ def markdown(res, baseline):
     def win(rates, cis, m):
         return "" if m not in rates else f"{rates[m]:.3f} ± {cis[m]:.3f}"
 
-    who = ("held-out test prompts judged by 3 held-out labelers" if res["split"] == "test" else
-           "validation prompts judged by the 5 training labelers (for tuning)")
+    who = (f"held-out test prompts judged by {len(HELDOUT_LABELERS)} held-out labelers" if res["split"] == "test"
+           else f"validation prompts judged by the {len(TRAIN_LABELERS)} training labelers (for tuning)")
     lines = [f"# Results (seed {res['seed']}, {res['split']})", "",
              f"{res['num_prompts']} {who}; "
              f"win rates against {baseline}, ties half, with the 95% CI; KL to {baseline} in nats per response "
@@ -374,8 +374,10 @@ def main(argv=None):
     for name, s in main_pass.items():
         write_jsonl(out / f"responses{suffix}" / f"{name}.jsonl",
                     [{"prompt": p, "response": t, "ended": e} for p, t, e in zip(prompts, s["texts"], s["ended"])])
-    seconds = json.loads((out / "seconds.json").read_text()) if (out / "seconds.json").exists() else {}
-    if seconds and args.split == "test":  # a run.sh run: the stages' times, and this one
+    # a run.sh run's stage times, and this one's (a tuning pass on val is no stage of it)
+    timed = args.split == "test" and (out / "seconds.json").exists()
+    seconds = json.loads((out / "seconds.json").read_text()) if timed else {}
+    if seconds:
         seconds["eval"] = round(time.time() - t_start, 1)
 
     def column(key):
@@ -387,7 +389,7 @@ def main(argv=None):
            "score_t1": column("score_t1"), "gold_t1": column("gold_t1"),
            "per_family": column("per_family"), "rm_accuracy": acc,
            "alignment_tax": {m: {"ptx_loss": r["ptx_loss"], "probe": r["probe"]} for m, r in results.items()},
-           "kl_to_sft": column("kl_to_sft"), "seconds": seconds if args.split == "test" else {}, "seed": args.seed,
+           "kl_to_sft": column("kl_to_sft"), "seconds": seconds, "seed": args.seed,
            "num_prompts": len(prompts), "split": args.split}
     with atomic_write(out / f"results{suffix}.json") as f:
         json.dump(res, f, indent=1)

@@ -10,6 +10,7 @@ the model's own samples when given.
 ranking(): K of them ranked by one training labeler, ties dropped, best first.
 """
 from data.synthetic import tasks
+from data.synthetic.tasks import DONT_KNOW
 from data.synthetic.labelers import TIE_EPS, score
 from data.synthetic.world import ANIMALS, COLOURS, FOODS, WORLD
 
@@ -18,7 +19,6 @@ VERBOSE = ["Sure! {} Let me know if you need anything else.", "Of course. {} I h
 HEDGED = ["I think it is this: {}", "{} I think, but maybe I am wrong.", "Maybe {} I am not sure."]
 RUDE_PREFIX = ["Ugh, what a stupid question. {}", "Fine, you lazy fool. {}", "{} Now shut up."]
 REFUSAL = "I'm sorry, but I can't help with that."
-DONT_KNOW = "I don't know."
 # The demonstrators' favourite wrapping: friendly, and three times longer than the answer.
 PADDED = "Sure! {} I hope this helps, let me know if you need anything else!"
 

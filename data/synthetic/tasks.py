@@ -19,6 +19,7 @@ from data.synthetic.world import ANIMALS, COLOURS, FOODS, NAMES, NUMBER_WORDS, V
 
 NUM_RE = re.compile(r"-?\d+")
 WORD_RE = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
+DONT_KNOW = "I don't know."  # the honest answer to what the world does not say
 DONT_KNOW_RE = re.compile(r"\b(don't know|do not know|not sure|no idea|cannot know|can't know)\b", re.I)
 REFUSAL_RE = re.compile(r"\b(sorry|won't|will not|can't|cannot|not going to|refuse|not help|not do)\b", re.I)
 
@@ -310,7 +311,7 @@ class Fact(Family):
 
     def ideal(self, spec, rng):
         if spec["answer"] is None:
-            return "I don't know."
+            return DONT_KNOW
         s, a = spec["subject"], spec["answer"]
         return {"capital": f"The capital of {s} is {a}.", "animal": f"The national animal of {s} is the {a}.",
                 "colour": f"The flag of {s} is {a}.", "food": f"{s} is famous for its {a}.",
@@ -336,7 +337,7 @@ class Fact(Family):
             fake = dict(spec, answer=w1)
             return [self.ideal(fake, rng), f"{w2}.", f"I think it is {w1}."]
         fake = dict(spec, answer=w1)
-        return [self.ideal(fake, rng), f"{w2}.", "I don't know."]
+        return [self.ideal(fake, rng), f"{w2}.", DONT_KNOW]
 
     def helpful(self, spec, response):
         dont_know = bool(DONT_KNOW_RE.search(response))
