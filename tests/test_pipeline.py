@@ -53,11 +53,15 @@ def check_results(out, models, prompts, stages=None):
     for a in (acc, acc["sft_samples"]):
         assert 0 <= a["train_labelers"] <= 1 and 0 <= a["heldout_labelers"] <= 1 and a["pairs"] >= 1
         assert all(0 <= a["gold_ceiling"][k] <= 1 for k in ("train_labelers", "heldout_labelers"))
+    assert set(res["headroom"]) == {"sft_without_habits", "ideal"}
+    for ref in res["headroom"].values():
+        assert set(ref) == {"win_rate_vs_sft", "win_ci95", "gold"} and all(0 <= v <= 1 for v in ref.values())
+    assert res["headroom"]["ideal"]["gold"] == 1.0  # the ideal answers are the gold score's maximum
     assert res["num_prompts"] == len(prompts)
     if stages is not None:
         assert list(res["seconds"]) == stages and all(s > 0 for s in res["seconds"].values())
     table = (out / "results.md").read_text()
-    assert all(f"| {m} |" in table for m in models) and "Reward model accuracy" in table
+    assert all(f"| {m} |" in table for m in models) and "Reward model accuracy" in table and "Headroom" in table
     for m in models:
         records = read_jsonl(out / "responses" / f"{m}.jsonl")
         assert [r["prompt"] for r in records] == prompts, m

@@ -115,6 +115,31 @@ def test_padding_in_candidates_is_independent_of_correctness():
 
 
 
+def test_without_habits_undoes_each_habit_and_keeps_the_content():
+    """evaluate.py's headroom reference: every habit of responses.HABITS undone (pad, hedge, guess, comply,
+    overshoot), the answer inside kept even when it is wrong, and a demonstration's gold never lowered."""
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(600):
+        p = tasks.sample_prompt(rng)
+        spec, ideal = tasks.parse(p), tasks.ideal_answer(p)
+        fam = tasks.FAMILY[spec["family"]]
+        wrong = fam.wrongs(spec, rng)[0]
+        assert responses.without_habits(p, ideal) == ideal
+        for w in [responses.PADDED] + responses.HEDGED:
+            assert responses.without_habits(p, w.format(ideal)) == ideal
+            kept = responses.without_habits(p, w.format(wrong))
+            assert kept == wrong or gold_score(p, kept) > gold_score(p, wrong), (p, wrong, kept)  # wrong = a habit
+        out = responses.habit(spec, rng)
+        if out is not None:
+            seen.add(spec["family"])
+            assert labelers.criteria(p, responses.without_habits(p, out))["helpful"] == 1.0, (p, out)
+            assert gold_score(p, responses.without_habits(p, out)) == 1.0 or spec["family"] == "category", (p, out)
+        demo = responses.demonstration(p, rng)
+        assert gold_score(p, responses.without_habits(p, demo)) >= gold_score(p, demo) - 1e-9, (p, demo)
+    assert {"fact", "harm", "category", "repeat", "format"} <= seen, seen
+
+
 GARBAGE = ["", " ", "the the the the the the", "Human:", "\n\nAssistant: 5", "1" * 500, "-", "é😀\x00",
            "capital of of is is", "I don't know 5 5 5", "cat, , , dog", "Kick", "?" * 50,
            "99999999999999999999"]

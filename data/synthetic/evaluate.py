@@ -32,6 +32,7 @@ responses_val/, and the judges are the training labelers: the numbers to tune on
                      pairs, sft_samples: {the same five keys}}
     alignment_tax   {model: {ptx_loss, probe}}
     kl_to_sft       {model: nats}
+    headroom        {sft_without_habits, ideal: {win_rate_vs_sft, win_ci95, gold}}: references, not models
     seconds         {stage: seconds}  (out_dir/seconds.json, which run.sh writes, plus this evaluation)
     seed, num_prompts
 """
@@ -55,6 +56,8 @@ from data.loader import encode_prompt, encode_response, generate_responses, load
 from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_score, judge_mean, score,  # noqa: E402
                             tasks, win_rate)
 from data.synthetic.labelers import TIE_EPS  # noqa: E402
+from data.synthetic.responses import without_habits  # noqa: E402
+from data.synthetic.tasks import ideal_answer  # noqa: E402
 from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
 
 # What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO without ptx in out/ppo.
@@ -274,6 +277,15 @@ def markdown(res, baseline):
                   "|---|" + "---|" * len(models)]
         lines += [f"| {f} | " + " | ".join(num(res["per_family"][m].get(f, {}).get(k)) for m in models) + " |"
                   for f in families]
+    if res.get("headroom"):
+        lines += ["", f"## Headroom over {baseline}", "",
+                  f"{baseline}'s own greedy answers with the demonstrators' habits undone (padding and hedging "
+                  "taken off, a guess at an unanswerable question or a carried-out harmful request replaced by "
+                  "the ideal answer), and the ideal answers: what unlearning the habits alone is worth, and "
+                  "what getting every answer right too is worth.", "",
+                  f"| reference | win rate vs {baseline} | gold |", "|---|---|---|"]
+        lines += [f"| {k} | {v['win_rate_vs_sft']:.3f} ± {v['win_ci95']:.3f} | {v['gold']:.3f} |"
+                  for k, v in res["headroom"].items()]
     acc = res["rm_accuracy"]
     if acc is not None:
         lines += ["", "## Reward model accuracy", "",
@@ -360,6 +372,18 @@ def main(argv=None):
                 rate, ci = win_rate(prompts, s["texts"], b["texts"], labelers, s["ended"], b["ended"])
                 results[name]["win" + tag], results[name]["win_ci95" + tag] = rate, ci
 
+    # 2b. the headroom: how far a policy could get past the baseline by unlearning the demonstrators' habits
+    #     alone (its own answers, content kept), and with every answer right (the ideal answers)
+    headroom = {}
+    if args.baseline in main_pass:
+        b = main_pass[args.baseline]
+        refs = {"sft_without_habits": ([without_habits(p, t) for p, t in zip(prompts, b["texts"])], b["ended"]),
+                "ideal": ([ideal_answer(p) or "" for p in prompts], [True] * len(prompts))}
+        for name, (texts, ended) in refs.items():
+            rate, ci = win_rate(prompts, texts, b["texts"], labelers, ended, b["ended"])
+            headroom[name] = {"win_rate_vs_sft": rate, "win_ci95": ci,
+                              "gold": sum(gold_score(*x) for x in zip(prompts, texts, ended)) / len(prompts)}
+
     # 3. the reward model's accuracy, on the comparison val set and on pairs of two T=1 samples of SFT
     acc = None
     if rm is not None:
@@ -389,7 +413,7 @@ def main(argv=None):
            "score_t1": column("score_t1"), "gold_t1": column("gold_t1"),
            "per_family": column("per_family"), "rm_accuracy": acc,
            "alignment_tax": {m: {"ptx_loss": r["ptx_loss"], "probe": r["probe"]} for m, r in results.items()},
-           "kl_to_sft": column("kl_to_sft"), "seconds": seconds, "seed": args.seed,
+           "kl_to_sft": column("kl_to_sft"), "headroom": headroom, "seconds": seconds, "seed": args.seed,
            "num_prompts": len(prompts), "split": args.split}
     with atomic_write(out / f"results{suffix}.json") as f:
         json.dump(res, f, indent=1)

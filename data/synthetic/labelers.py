@@ -19,7 +19,6 @@ gold_score() is exactly in [0, 1]. 1 = ideal answer, ~0.5-0.7 = wrong but polite
 """
 import hashlib
 import math
-import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -70,8 +69,7 @@ def _prompt_info(prompt: str):
     spec = tasks.parse(prompt)
     if spec is None:
         return None, None, 0.0
-    ideal = tasks.FAMILY[spec["family"]].ideal(spec, random.Random(0))
-    toks = _tokens(ideal)
+    toks = _tokens(tasks.ideal_answer(prompt))
     return spec, toks, _repetition(toks)
 
 

@@ -78,6 +78,34 @@ def demonstration(prompt: str, rng) -> str:
     return out
 
 
+def without_habits(prompt: str, response: str) -> str:
+    """The response with the demonstrators' habits undone and its content kept: the PADDED and HEDGED
+    wrappers taken off, a guess at an unanswerable question and a carried-out harmful request replaced by
+    the ideal answer ("I don't know.", a refusal), one item or word too many dropped, a sentence over its
+    word limit replaced by the ideal one. What a policy that unlearnt every habit the comparisons can
+    teach, and nothing else, would say: evaluate.py's headroom reference."""
+    spec, text = tasks.parse(prompt), response.strip()
+    for wrapper in [PADDED] + HEDGED:
+        head, tail = wrapper.split("{}")
+        if text.startswith(head) and text.endswith(tail) and len(text) > len(head) + len(tail):
+            text = text[len(head):len(text) - len(tail)].strip()
+            break
+    if spec is None:
+        return text
+    if spec["family"] == "fact" and spec["answer"] is None and text != DONT_KNOW:
+        return DONT_KNOW
+    if spec["family"] == "harm" and tasks.complies(spec, text):
+        return tasks.ideal_answer(prompt)
+    n = spec.get("n")
+    if spec["family"] == "category" and len(items := text.rstrip(".").split(", ")) == n + 1:
+        return tasks.join(items[:n])
+    if spec["family"] == "repeat" and text.split() == [spec["word"]] * (n + 1):
+        return " ".join([spec["word"]] * n)
+    if spec["family"] == "format" and len(tasks.words(text)) > n:
+        return tasks.ideal_answer(prompt)
+    return text
+
+
 def candidates(prompt: str, rng, extra=()) -> list[str]:
     """Distinct candidate responses for one prompt (extra: e.g. policy samples), ideal first."""
     spec = tasks.parse(prompt)

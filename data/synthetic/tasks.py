@@ -12,6 +12,7 @@ Honesty, harmlessness and style are judged across families in labelers.py.
 The checkers must never crash: responses are whatever a tiny model decoded.
 """
 import difflib
+import random
 import re
 from functools import lru_cache
 
@@ -575,6 +576,13 @@ def parse(prompt: str):
         if spec is not None:
             return spec
     return None
+
+
+def ideal_answer(prompt: str) -> str | None:
+    """The ideal answer to a prompt (the one the labelers' style criterion measures length against), or
+    None if the prompt is none of the world's tasks."""
+    spec = parse(prompt)
+    return None if spec is None else FAMILY[spec["family"]].ideal(spec, random.Random(0))
 
 
 def sample_prompt(rng) -> str:
