@@ -281,8 +281,8 @@ def markdown(res, baseline):
         lines += ["", f"## Headroom over {baseline}", "",
                   f"{baseline}'s own greedy answers with the demonstrators' habits undone (padding and hedging "
                   "taken off, a guess at an unanswerable question or a carried-out harmful request replaced by "
-                  "the ideal answer), and the ideal answers: what unlearning the habits alone is worth, and "
-                  "what getting every answer right too is worth.", "",
+                  "the ideal answer, one list item or word too many dropped), and the ideal answers: what "
+                  "unlearning the habits alone is worth, and what getting every answer right too is worth.", "",
                   f"| reference | win rate vs {baseline} | gold |", "|---|---|---|"]
         lines += [f"| {k} | {v['win_rate_vs_sft']:.3f} ± {v['win_ci95']:.3f} | {v['gold']:.3f} |"
                   for k, v in res["headroom"].items()]
