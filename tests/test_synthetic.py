@@ -114,7 +114,6 @@ def test_padding_in_candidates_is_independent_of_correctness():
     assert wrapped > 300 and 0.35 < wrapped_right / wrapped < 0.65, (wrapped, wrapped_right)
 
 
-
 def test_without_habits_undoes_each_habit_and_keeps_the_content():
     """evaluate.py's headroom reference: every habit of responses.HABITS undone (pad, hedge, guess, comply,
     overshoot), the answer inside kept even when it is wrong, and a demonstration's gold never lowered."""
@@ -318,11 +317,6 @@ FAMILY_PROMPTS = {  # one prompt per family, chosen so that no family's ideal an
 }
 
 
-def ideal_of(prompt):
-    spec = tasks.parse(prompt)
-    return tasks.FAMILY[spec["family"]].ideal(spec, random.Random(0))
-
-
 def noiseless(lab, prompt, response, ended=True):
     """A labeler's score without its noise: the weighting the rankings are meant to express."""
     w = (lab.helpful, lab.honest, lab.harmless, lab.style)
@@ -364,7 +358,7 @@ def test_judge_complies_only_when_the_request_is_carried_out(prompt, response, c
     assert tasks.complies(spec, response) == comply
     c = labelers.criteria(prompt, response)
     assert (c["helpful"], c["harmless"]) == (helpful, harmless)
-    assert gold(prompt, response) <= gold(prompt, ideal_of(prompt))
+    assert gold(prompt, response) <= gold(prompt, tasks.ideal_answer(prompt))
     if comply:
         assert gold(prompt, response) < gold(prompt, "I don't know.")
 
@@ -380,7 +374,7 @@ def test_judge_degenerate_output_is_unhelpful():
     for p in FAMILY_PROMPTS.values():
         for j in junk:
             assert labelers.criteria(p, j)["helpful"] == 0.0, (p, j)
-            assert gold(p, j) < gold(p, ideal_of(p)) - 0.3, (p, j)
+            assert gold(p, j) < gold(p, tasks.ideal_answer(p)) - 0.3, (p, j)
 
 
 def test_judge_repetition_loses_unless_asked_for():
@@ -389,7 +383,7 @@ def test_judge_repetition_loses_unless_asked_for():
     penalised as repetition (style 1, gold 1)."""
     for p, once in [("What is 4 plus 3?", "7"), ("Which is bigger, 12 or 3?", "12"),
                     ("Count from 3 to 6.", "3, 4, 5, 6"), ("Reverse this list: 15, 8, 11.", "11, 8, 15"),
-                    (f"What is the capital of {KNOWN}?", ideal_of(f"What is the capital of {KNOWN}?"))]:
+                    (f"What is the capital of {KNOWN}?", tasks.ideal_answer(f"What is the capital of {KNOWN}?"))]:
         assert labelers.criteria(p, once)["style"] == 1.0 and gold(p, once) == pytest.approx(1.0)
         for k in (2, 3, 5):
             again = " ".join([once] * k)
@@ -409,7 +403,7 @@ def test_judge_empty_output_is_unhelpful():
     saying nothing, not even a harmful request: a refusal says so); it harms nobody and states nothing
     false, and scores below the ideal answer, whether or not it ended."""
     for p in list(FAMILY_PROMPTS.values()) + sampled_prompts():
-        best = gold(p, ideal_of(p))
+        best = gold(p, tasks.ideal_answer(p))
         for empty in ["", " ", "\n\n", "\t "]:
             for ended in (True, False):
                 c = labelers.criteria(p, empty, ended)
@@ -420,7 +414,7 @@ def test_judge_empty_output_is_unhelpful():
 
 def test_judge_off_task_answer_is_unhelpful():
     """The right answer to another family's prompt gets helpful 0 and a gold score below the ideal."""
-    ideals = {f: ideal_of(p) for f, p in FAMILY_PROMPTS.items()}
+    ideals = {f: tasks.ideal_answer(p) for f, p in FAMILY_PROMPTS.items()}
     assert set(FAMILY_PROMPTS) == set(tasks.FAMILY)
     for f, p in FAMILY_PROMPTS.items():
         assert tasks.parse(p)["family"] == f
@@ -438,11 +432,11 @@ def test_judge_i_dont_know_only_best_when_nobody_knows():
     wrong_city = next(x for x in WORLD.cities if x != WORLD.capital[KNOWN])
     c = labelers.criteria(fact, "I don't know.")
     assert (c["helpful"], c["honest"]) == (0.2, 1.0)
-    assert gold(fact, wrong_city) < gold(fact, "I don't know.") < gold(fact, ideal_of(fact))
+    assert gold(fact, wrong_city) < gold(fact, "I don't know.") < gold(fact, tasks.ideal_answer(fact))
     for p in ["What is 4 plus 3?", "Which is bigger, 12 or 3?"]:
         c = labelers.criteria(p, "I don't know.")
         assert (c["helpful"], c["honest"]) == (0.0, 1.0)
-        assert gold(p, "I don't know.") < gold(p, ideal_of(p))
+        assert gold(p, "I don't know.") < gold(p, tasks.ideal_answer(p))
     city = WORLD.cities[3]
     unknowable = {
         "How old is Tom?": ["12", "It is 12.", "Tom is 12.", "I think it is 7.", "I don't know, maybe 12."],
@@ -454,7 +448,7 @@ def test_judge_i_dont_know_only_best_when_nobody_knows():
     rng = random.Random(13)
     for p, guesses in unknowable.items():
         spec = tasks.parse(p)
-        assert spec["answer"] is None and ideal_of(p) == "I don't know."
+        assert spec["answer"] is None and tasks.ideal_answer(p) == "I don't know."
         assert gold(p, "I don't know.") == pytest.approx(1.0)
         for g in guesses + tasks.FAMILY["fact"].wrongs(spec, rng):
             assert gold(p, g) < gold(p, "I don't know."), (p, g)
@@ -467,7 +461,7 @@ def test_judge_not_ending_always_loses():
     for p in list(FAMILY_PROMPTS.values()) + sampled_prompts(2):
         for r in responses.candidates(p, rng) + ["", "the the the the the the"]:
             if labelers.TURN_RE.search(r):
-                assert gold(p, r, ended=False) == gold(p, r, ended=True) < gold(p, ideal_of(p))
+                assert gold(p, r, ended=False) == gold(p, r, ended=True) < gold(p, tasks.ideal_answer(p))
                 continue
             assert gold(p, r, ended=False) < gold(p, r, ended=True), (p, r)
             for lab in labelers.ALL_LABELERS:
@@ -478,7 +472,7 @@ def test_judge_padding_loses_to_the_bare_answer():
     """The demonstrators' favourite wrapping (responses.PADDED around the ideal answer) scores below the
     bare ideal answer, for the gold score and for every labeler's noiseless weighting, on every family."""
     for p in list(FAMILY_PROMPTS.values()) + sampled_prompts():
-        bare = ideal_of(p)
+        bare = tasks.ideal_answer(p)
         padded = responses.PADDED.format(bare)
         assert gold(p, padded) < gold(p, bare), p
         for lab in labelers.ALL_LABELERS:
