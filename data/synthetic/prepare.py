@@ -253,10 +253,16 @@ def main(argv=None):
         mb = (out / name).stat().st_size / 1e6
         print(f"{name:28s} {len(records):8d} {mb:7.2f} {n_tok:13,d}")
     ks = Counter(len(r["responses"]) for r in files["comparisons_train.jsonl"])
-    fams = Counter(tasks.parse(r["prompt"])["family"] for r in files["prompts_test.jsonl"])
     print(f"distinct GPT-2 tokens across all files: {len(vocab)} (+1 for <|endoftext|>)")
     print(f"K per ranking (train): {dict(sorted(ks.items()))}")
-    print(f"test prompts per family: {dict(sorted(fams.items()))}")
+    # Each split's family shares next to the mix it was drawn from: a family whose prompts run out (every
+    # split has its own) is rarer in the later splits, and a model trained there sees less of it.
+    print(f"{'% of prompts per family':24s}" + " ".join(f"{f[:5]:>5s}" for f in tasks.MIX))
+    print(f"{'  mix':24s}" + " ".join(f"{100 * w:5.1f}" for w in tasks.MIX.values()))
+    for name in ("prompts_test", "sft_train", "comparisons_train", "prompts_train"):
+        fams = Counter(tasks.parse(r["prompt"])["family"] for r in files[f"{name}.jsonl"])
+        n = sum(fams.values())
+        print(f"  {name:22s}" + " ".join(f"{100 * fams[f] / n:5.1f}" for f in tasks.MIX))
     val = files["comparisons_val.jsonl"]
     print(f"inter-labeler agreement on ranked pairs: training labelers "
           f"{measured_agreement(val, args.seed, labelers.TRAIN_LABELERS):.3f}, "

@@ -81,8 +81,10 @@ class Family:
 class Arithmetic(Family):
     name = "arithmetic"
     templates = ["What is {a} plus {b}?", "What is {a} minus {b}?", "What is {a} times {b}?",
-                 "Add {a} and {b}.", "Subtract {b} from {a}."]
-    ops = ["+", "-", "*", "+", "-"]
+                 "Add {a} and {b}.", "Subtract {b} from {a}.", "How much is {a} plus {b}?",
+                 "How much is {a} minus {b}?", "How much is {a} times {b}?", "Multiply {a} by {b}.",
+                 "Take {b} from {a}."]
+    ops = ["+", "-", "*", "+", "-", "+", "-", "*", "*", "-"]
 
     def sample(self, rng):
         i = rng.randrange(len(self.templates))
@@ -121,14 +123,15 @@ class Arithmetic(Family):
 
 class Count(Family):
     name = "count"
-    templates = ["Count from {a} to {b}.", "Count down from {a} to {b}."]
+    templates = ["Count from {a} to {b}.", "Count down from {a} to {b}.", "Count up from {a} to {b}.",
+                 "List the numbers from {a} to {b}."]
 
     def sample(self, rng):
         a = rng.randint(0, 12)
         b = a + rng.randint(2, 4)  # three to five numbers
         if rng.random() < 0.7:
-            return self.templates[0].format(a=a, b=b)
-        return self.templates[1].format(a=b, b=a)
+            return self.templates[rng.choice([0, 2, 3])].format(a=a, b=b)
+        return self.templates[rng.choice([1, 3])].format(a=b, b=a)
 
     def make_spec(self, i, g):
         a, b = int(g["a"]), int(g["b"])
@@ -357,12 +360,15 @@ class Fact(Family):
 class Category(Family):
     name = "category"
     templates = ["Name {n} {cat}.", "List {n} {cat}.", "Name {n} {cat} other than the {x}.",
-                 "Name {n} {cat} other than the {x} and the {y}."]
+                 "Name {n} {cat} other than the {x} and the {y}.", "Give me {n} {cat}.", "Tell me {n} {cat}."]
 
     def sample(self, rng):
         cat = rng.choice(list(WORLD.categories))
         n = rng.randint(2, 3)
-        i = rng.randrange(3) if cat != "countries" and n == 2 else rng.randrange(2)
+        if cat != "countries" and n == 2 and rng.random() < 0.4:
+            i = rng.choice([2, 3])  # leave out one or two members
+        else:
+            i = rng.choice([0, 1, 4, 5])
         x, y = rng.sample(WORLD.categories[cat], 2)
         return self.templates[i].format(n=NUMBER_WORDS[n], cat=cat, x=x, y=y)
 
@@ -558,8 +564,10 @@ MIX = {"arithmetic": 0.14, "count": 0.12, "sort": 0.08, "reverse": 0.07, "repeat
 # Chatter people put before a request. Besides realism it multiplies the number of distinct prompts,
 # which the small families (facts, counting) need so that every split can have its own prompts.
 PREFIXES = ["Hi! ", "Hello. ", "Hey! ", "Quick one: ", "Please help me. ", "Can you help me? ",
-            "I have a task for you. ", "Good morning! ", "Thanks in advance. ", "Here is my question. "]
-PREFIX_P = 0.4  # probability that a sampled prompt gets one
+            "I have a task for you. ", "Good morning! ", "Thanks in advance. ", "Here is my question. ",
+            "Hi there. ", "Good evening! ", "One more thing: ", "Help me, please. ", "I need your help. ",
+            "Hello again! ", "A question for you: ", "Hey, can you help? ", "Good afternoon. ", "Hi, friend. "]
+PREFIX_P = 0.5  # probability that a sampled prompt gets one
 
 
 @lru_cache(maxsize=200_000)
