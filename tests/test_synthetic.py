@@ -2,6 +2,7 @@
 import json
 import random
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -95,15 +96,13 @@ def test_every_family_sampled_and_ideal_is_best():
 def test_demonstrations_get_their_share_of_every_family():
     """Every split draws its own prompts, so a family whose prompt space is small runs out before the training
     splits (drawn after test and validation) get their share. At the default sizes, the demonstrations must
-    hold at least half the mix's share of every family: with two phrasings and 10 lines of chatter they held
-    41% of counting's and 26% of naming's, and SFT could not count."""
-    args = prepare.PrepareConfig()
-    prompts = prepare.split_prompts(args)["sft_train"]
-    counts = {f: 0 for f in tasks.MIX}
-    for p in prompts:
-        counts[tasks.parse(p)["family"]] += 1
+    hold at least half the mix's share of every family: with two counting phrasings and 10 lines of chatter
+    they held 41% of counting's and 26% of naming's, and SFT could not count."""
+    prompts = prepare.split_prompts(prepare.PrepareConfig())["sft_train"]
+    counts = Counter(tasks.parse(p)["family"] for p in prompts)
     for family, share in tasks.MIX.items():
         assert counts[family] / len(prompts) >= share / 2, (family, counts[family] / len(prompts), share)
+
 
 def test_padding_in_candidates_is_independent_of_correctness():
     """Every pool pads a right and a wrong answer, and the wrappers hold a wrong answer about half the time:

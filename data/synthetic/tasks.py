@@ -562,7 +562,8 @@ MIX = {"arithmetic": 0.14, "count": 0.12, "sort": 0.08, "reverse": 0.07, "repeat
 
 
 # Chatter people put before a request. Besides realism it multiplies the number of distinct prompts,
-# which the small families (facts, counting) need so that every split can have its own prompts.
+# which the small families (sums, counting, naming) need so that every split, training splits included,
+# gets its share with prompts of its own (tests/test_synthetic.py checks the demonstrations' shares).
 PREFIXES = ["Hi! ", "Hello. ", "Hey! ", "Quick one: ", "Please help me. ", "Can you help me? ",
             "I have a task for you. ", "Good morning! ", "Thanks in advance. ", "Here is my question. ",
             "Hi there. ", "Good evening! ", "One more thing: ", "Help me, please. ", "I need your help. ",
