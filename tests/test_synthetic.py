@@ -296,7 +296,8 @@ def test_vocabulary_small(tiny):
 
 
 def test_from_policy_samples_join_candidates(tmp_path, monkeypatch):
-    """--from_policy samples the policy (here a stand-in sampler) and its responses join the ranked candidates."""
+    """--from_policy samples the policy (here a stand-in sampler) and its responses are in every ranking of
+    their prompt: the labelers rank the model's outputs, the written candidates fill up to K."""
     calls = []
 
     def fake_generate(model, tok, prompts, max_new_tokens, temperature=1.0, seed=None, **kw):
@@ -306,8 +307,8 @@ def test_from_policy_samples_join_candidates(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "load_lm", lambda path, device="cpu": (None, Tokenizer(), {}))
     monkeypatch.setattr(prepare, "generate_responses", fake_generate)
     files = prepare.main(["--scale=0.005", "--quiet", f"--out_dir={tmp_path}", "--from_policy=fake.pt"])
-    ranked = [x for r in files["comparisons_train.jsonl"] for x in r["responses"]]
-    assert "banana 7" in ranked and calls and calls[0][1] == 1.0
+    records = files["comparisons_train.jsonl"] + files["comparisons_val.jsonl"]
+    assert all("banana 7" in r["responses"] for r in records) and calls and calls[0][1] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -127,8 +127,10 @@ def policy_samples(path, prompts, n, max_tokens, device, seed) -> tuple[dict, in
 
 
 def comparisons(prompts, rng, extra=None) -> list[dict]:
-    """One strict ranking of K = 4..9 candidates per prompt by a random training labeler. A policy sample
-    that hit the length limit is judged with ended=False; the record keeps the flags as `ended`."""
+    """One strict ranking of K = 4..9 candidates per prompt by a random training labeler. The policy's samples
+    (extra) are always among the K, the written candidates fill the rest: the RM must learn to judge what the
+    policy writes, which is what PPO will show it. A sample that hit the length limit is judged with
+    ended=False; the record keeps the flags as `ended`."""
     records = []
     for p in prompts:
         samples = (extra or {}).get(p, [])
@@ -136,7 +138,7 @@ def comparisons(prompts, rng, extra=None) -> list[dict]:
         not_ended = {s.strip() for s, ended in samples if not ended}
         k = rng.randint(4, 9)
         labeler = rng.choice(labelers.TRAIN_LABELERS)
-        ranked = responses.ranking(p, pool, labeler, k, rng, not_ended)
+        ranked = responses.ranking(p, pool, labeler, k, rng, not_ended, {s.strip() for s, _ in samples})
         record = {"prompt": p, "responses": ranked}
         if not_ended & set(ranked):
             record["ended"] = [r not in not_ended for r in ranked]
@@ -229,6 +231,13 @@ def measured_agreement(records, seed, labeler_set) -> float:
     return labelers.agreement(triples, labeler_set)
 
 
+def print_agreement(files, seed):
+    val = files["comparisons_val.jsonl"]
+    print(f"inter-labeler agreement on ranked pairs: training labelers "
+          f"{measured_agreement(val, seed, labelers.TRAIN_LABELERS):.3f}, "
+          f"held-out {measured_agreement(val, seed, labelers.HELDOUT_LABELERS):.3f} (paper: ~0.73)")
+
+
 def main(argv=None):
     args = argv if isinstance(argv, PrepareConfig) else parse_config(PrepareConfig, argv)
     t0 = time.time()
@@ -238,6 +247,8 @@ def main(argv=None):
         write_jsonl(out / name, records)
     write_jsonl(out / "judge.json", [{"module": "data.synthetic.judge"}])  # how data.load_judge finds the labelers
     if args.quiet or args.from_policy:
+        if args.from_policy and not args.quiet:  # the pairs the reward model trains on are these
+            print_agreement(files, args.seed)
         return files
     enc = tiktoken.get_encoding("gpt2")
     vocab = set()
@@ -263,10 +274,7 @@ def main(argv=None):
         fams = Counter(tasks.parse(r["prompt"])["family"] for r in files[f"{name}.jsonl"])
         n = sum(fams.values())
         print(f"  {name:22s}" + " ".join(f"{100 * fams[f] / n:5.1f}" for f in tasks.MIX))
-    val = files["comparisons_val.jsonl"]
-    print(f"inter-labeler agreement on ranked pairs: training labelers "
-          f"{measured_agreement(val, args.seed, labelers.TRAIN_LABELERS):.3f}, "
-          f"held-out {measured_agreement(val, args.seed, labelers.HELDOUT_LABELERS):.3f} (paper: ~0.73)")
+    print_agreement(files, args.seed)
     print(f"wrote {len(files)} files to {out} in {time.time() - t0:.1f}s")
     return files
 

@@ -152,12 +152,14 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     return out
 
 
-def ranking(prompt: str, pool: list[str], labeler, k: int, rng, not_ended=()) -> list[str]:
+def ranking(prompt: str, pool: list[str], labeler, k: int, rng, not_ended=(), shown=()) -> list[str]:
     """k responses from pool ranked best first by the labeler; a response tied with a better-ranked
     one is dropped (so the ranking is strict); tops up from the rest of the pool to keep >= min(k, 4).
-    not_ended: responses (policy samples) that hit the length limit, judged with ended=False."""
+    not_ended: responses (policy samples) that hit the length limit, judged with ended=False.
+    shown: responses always among the k (the policy's samples: the paper's labelers rank model outputs)."""
     order = pool[:]
     rng.shuffle(order)
+    order = [r for r in order if r in shown] + [r for r in order if r not in shown]
     chosen, rest = order[:k], order[k:]
     scored = sorted(((score(prompt, r, labeler, r not in not_ended), r) for r in chosen), key=lambda t: -t[0])
     kept = []
