@@ -59,7 +59,7 @@ class PPOConfig:
     no_eos_penalty: float | None = -1.0  # score of a response cut off without EOS; None: the RM's score
     # rewards. The paper's beta 0.02 is for 1.3B-175B policies and a 6B RM; a tiny RM's errors are easy to
     # find, so a larger beta keeps the policy near the SFT distribution, where the RM was trained, longer.
-    kl_coef: float = 0.1  # beta, the per-token KL penalty against the SFT model (initial value if adaptive)
+    kl_coef: float = 0.05  # beta, the per-token KL penalty against the SFT model (initial value if adaptive)
     adaptive_kl: bool = False  # Ziegler et al. 2019's controller steers the KL to kl_target
     kl_target: float = 6.0  # target KL per response (nats), adaptive_kl only
     kl_horizon: int = 10000  # episodes over which the controller moves beta, adaptive_kl only
