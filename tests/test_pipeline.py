@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 from common import ConfigError  # noqa: E402
 from data.formats import read_jsonl, read_split  # noqa: E402
 from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, score  # noqa: E402
-from data.synthetic import evaluate, prepare  # noqa: E402
+from data.synthetic import evaluate, prepare, tasks  # noqa: E402
 from data.tokenizer import dataset_tokenizer  # noqa: E402
 from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
 
@@ -62,11 +62,24 @@ def check_results(out, models, prompts, stages=None):
         assert list(res["seconds"]) == stages and all(s > 0 for s in res["seconds"].values())
     table = (out / "results.md").read_text()
     assert all(f"| {m} |" in table for m in models) and "Reward model accuracy" in table and "Headroom" in table
+    # the answers side by side: the first prompt of each family (a fixed rule), every model's greedy answer
+    first = {}
+    for p in prompts:
+        first.setdefault(tasks.parse(p)["family"], p)
+    assert [(e["family"], e["prompt"]) for e in res["examples"]] == sorted(first.items())
+    assert all(list(e["responses"]) == models for e in res["examples"]) and "Answers side by side" in table
     for m in models:
         records = read_jsonl(out / "responses" / f"{m}.jsonl")
         assert [r["prompt"] for r in records] == prompts, m
         assert all(isinstance(r["response"], str) and isinstance(r["ended"], bool) for r in records), m
     return res
+
+
+def test_markdown_cell_keeps_a_response_on_one_row():
+    """A response with a newline (a made-up next turn) or a pipe stays in its cell; a long one is cut."""
+    assert evaluate.markdown_cell("4\n\nHuman: hi | x") == "4\\n\\nHuman: hi \\| x"
+    assert evaluate.markdown_cell("a" * 100, width=10) == "a" * 9 + "…"
+    assert evaluate.markdown_cell("short") == "short"
 
 
 # -----------------------------------------------------------------------------

@@ -182,6 +182,23 @@ def per_family(prompts, texts, ended):
     return {fam: {k: v / counts[fam] for k, v in acc.items()} for fam, acc in sorted(sums.items())}
 
 
+def examples(prompts, texts):
+    """The first prompt of each task family, in the prompts' order (a fixed rule, not a pick by hand), with
+    every model's answer: [{family, prompt, responses: {model: text}}], families sorted. texts: {model: [str]}."""
+    first = {}
+    for i, p in enumerate(prompts):
+        spec = tasks.parse(p)
+        first.setdefault(spec["family"] if spec else "other", i)
+    return [{"family": fam, "prompt": prompts[i], "responses": {m: t[i] for m, t in texts.items()}}
+            for fam, i in sorted(first.items())]
+
+
+def markdown_cell(text, width=90):
+    """A response as one table cell: newlines shown as \\n, pipes escaped, long text cut with an ellipsis."""
+    text = text.replace("\n", "\\n").replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def pairwise_accuracy(groups, labelers):
     """
     How often a scorer orders a pair of responses as a labeler does, averaged over the labelers.
@@ -298,6 +315,13 @@ def markdown(res, baseline):
             if a:
                 cells = [a["train_labelers"], a["heldout_labelers"], *a["gold_ceiling"].values()]
                 lines.append(f"| {what} | {a['pairs']} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
+    if res.get("examples"):
+        shown = list(res["examples"][0]["responses"])
+        lines += ["", "## Answers side by side", "",
+                  "The first prompt of each task family (greedy answers).", "",
+                  "| family | prompt | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+        lines += [f"| {e['family']} | {markdown_cell(e['prompt'])} | "
+                  + " | ".join(markdown_cell(e["responses"][m]) for m in shown) + " |" for e in res["examples"]]
     if res["seconds"]:
         lines += ["", "## Seconds per stage", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in res["seconds"].items()]
@@ -413,7 +437,9 @@ def main(argv=None):
            "score_t1": column("score_t1"), "gold_t1": column("gold_t1"),
            "per_family": column("per_family"), "rm_accuracy": acc,
            "alignment_tax": {m: {"ptx_loss": r["ptx_loss"], "probe": r["probe"]} for m, r in results.items()},
-           "kl_to_sft": column("kl_to_sft"), "headroom": headroom, "seconds": seconds, "seed": args.seed,
+           "kl_to_sft": column("kl_to_sft"), "headroom": headroom,
+           "examples": examples(prompts, {m: s["texts"] for m, s in main_pass.items()}),
+           "seconds": seconds, "seed": args.seed,
            "num_prompts": len(prompts), "split": args.split}
     with atomic_write(out / f"results{suffix}.json") as f:
         json.dump(res, f, indent=1)
