@@ -135,10 +135,11 @@ def comparisons(prompts, rng, extra=None) -> list[dict]:
     for p in prompts:
         samples = (extra or {}).get(p, [])
         pool = responses.candidates(p, rng, [s for s, _ in samples])
+        shown = {s.strip() for s, _ in samples}  # as candidates() put them in the pool
         not_ended = {s.strip() for s, ended in samples if not ended}
         k = rng.randint(4, 9)
         labeler = rng.choice(labelers.TRAIN_LABELERS)
-        ranked = responses.ranking(p, pool, labeler, k, rng, not_ended, {s.strip() for s, _ in samples})
+        ranked = responses.ranking(p, pool, labeler, k, rng, not_ended, shown)
         record = {"prompt": p, "responses": ranked}
         if not_ended & set(ranked):
             record["ended"] = [r not in not_ended for r in ranked]
