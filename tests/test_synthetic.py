@@ -311,6 +311,24 @@ def test_from_policy_samples_join_candidates(tmp_path, monkeypatch):
     assert all("banana 7" in r["responses"] for r in records) and calls and calls[0][1] == 1.0
 
 
+
+def test_from_policy_ranks_samples_of_every_checkpoint(tmp_path, monkeypatch):
+    """--from_policy=a.pt,b.pt (e.g. SFT and a first PPO policy, the paper's later rounds): each checkpoint is
+    sampled, with its own seed, and both checkpoints' samples are in every ranking."""
+    seeds = []
+
+    def fake_generate(model, tok, prompts, max_new_tokens, temperature=1.0, seed=None, **kw):
+        seeds.append(seed)
+        text = {"a.pt": "banana 7", "b.pt": "cherry 9"}[model]
+        return [text] * len(prompts), [True] * len(prompts), [[1, 0]] * len(prompts)
+
+    monkeypatch.setattr(prepare, "load_lm", lambda path, device="cpu": (path, Tokenizer(), {}))
+    monkeypatch.setattr(prepare, "generate_responses", fake_generate)
+    files = prepare.main(["--scale=0.005", "--quiet", f"--out_dir={tmp_path}", "--from_policy=a.pt,b.pt"])
+    records = files["comparisons_train.jsonl"] + files["comparisons_val.jsonl"]
+    assert all({"banana 7", "cherry 9"} <= set(r["responses"]) for r in records)
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
+
 # ---------------------------------------------------------------------------------------------------------
 # The judge on what policies produce. A sampled policy says anything: evasions, loops, nothing at all, the
 # answer to another question, an answer that never ends. Each test pins what the judge makes of one kind.

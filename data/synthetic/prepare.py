@@ -59,8 +59,8 @@ class PrepareConfig:
     pretrain_tokens: int = 1_500_000  # GPT-2 tokens of pretrain_train
     pretrain_val_tokens: int = 75_000  # GPT-2 tokens of pretrain_val
     scale: float = 1.0  # multiply every size above by this
-    from_policy: str = ""  # rewrite only comparisons_*: this checkpoint's samples join the ranked candidates
-    policy_samples: int = 2  # samples per RM prompt with --from_policy
+    from_policy: str = ""  # rewrite only comparisons_*: these checkpoints' samples join the ranked candidates (a,b)
+    policy_samples: int = 2  # samples per RM prompt and checkpoint with --from_policy
     policy_max_tokens: int = 48  # max new tokens per policy sample
     device: str = "cpu"  # device for --from_policy sampling
     quiet: bool = False  # print nothing
@@ -213,8 +213,13 @@ def from_policy(args) -> dict:
     """The comparisons again, now with the policy's samples among the candidates (the paper's labelers
     ranked samples of the models being trained). The written candidates are the same as without."""
     prompts = split_prompts(args)
-    extra, dropped = policy_samples(args.from_policy, prompts["rm_train"] + prompts["rm_val"],
-                                    args.policy_samples, args.policy_max_tokens, args.device, args.seed)
+    extra, dropped = {}, 0
+    for i, path in enumerate(args.from_policy.split(",")):  # e.g. the SFT model and a first PPO policy
+        samples, d = policy_samples(path, prompts["rm_train"] + prompts["rm_val"], args.policy_samples,
+                                    args.policy_max_tokens, args.device, args.seed + i)
+        for p, s in samples.items():
+            extra.setdefault(p, []).extend(s)
+        dropped += d
     files = comparison_files(prompts, args.seed, extra)
     ranked = sum(len(set(r["responses"]) & {s.strip() for s, _ in extra.get(r["prompt"], [])})
                  for recs in files.values() for r in recs)
