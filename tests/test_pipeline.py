@@ -48,9 +48,13 @@ def check_results(out, models, prompts, stages=None):
             assert all(0 <= v <= 1 for v in crit.values()), (m, fam)
     assert res["win_rate_vs_sft"]["sft"] == 0.5 and res["kl_to_sft"]["sft"] == 0.0
     acc = res["rm_accuracy"]
-    assert set(acc) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs", "sft_samples"}
+    assert set(acc) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs", "sft_samples", "per_family"}
     assert set(acc["sft_samples"]) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs"}
-    for a in (acc, acc["sft_samples"]):
+    # per family: the comparison val set's pairs split by the prompt's family, every pair in exactly one
+    assert sum(a["pairs"] for a in acc["per_family"].values()) == acc["pairs"]
+    assert set(acc["per_family"]) <= set(tasks.FAMILY)
+    assert "Per task family, comparison val set" in (out / "results.md").read_text()
+    for a in (acc, acc["sft_samples"], *acc["per_family"].values()):
         assert 0 <= a["train_labelers"] <= 1 and 0 <= a["heldout_labelers"] <= 1 and a["pairs"] >= 1
         assert all(0 <= a["gold_ceiling"][k] <= 1 for k in ("train_labelers", "heldout_labelers"))
     assert set(res["headroom"]) == {"sft_without_habits", "ideal"}

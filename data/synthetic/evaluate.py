@@ -29,7 +29,7 @@ responses_val/, and the judges are the training labelers: the numbers to tune on
     win_rate_vs_sft_t1, win_ci95_t1, score_t1, gold_t1        {model: number}   (temperature 1)
     per_family      {model: {family: {helpful, honest, harmless, style, gold}}}
     rm_accuracy     {train_labelers, heldout_labelers, gold_ceiling: {train_labelers, heldout_labelers},
-                     pairs, sft_samples: {the same five keys}}
+                     pairs, sft_samples: {the same four keys}, per_family: {family: {the same four keys}}}
     alignment_tax   {model: {ptx_loss, probe}}
     kl_to_sft       {model: nats}
     headroom        {sft_without_habits, ideal: {win_rate_vs_sft, win_ci95, gold}}: references, not models
@@ -247,6 +247,11 @@ def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
         groups.append((r["prompt"], r["responses"], ended, rewards[i:i + k]))
         i += k
     out = {**accuracy_table(groups), "sft_samples": None}
+    by_family = {}  # where the RM falls short of the ceiling: the families whose truth it cannot check
+    for g in groups:
+        spec = tasks.parse(g[0])
+        by_family.setdefault(spec["family"] if spec else "other", []).append(g)
+    out["per_family"] = {fam: accuracy_table(gs) for fam, gs in sorted(by_family.items())}
     keep = [i for i in range(len(prompts)) if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
     if keep:
         seqs = [encode_prompt(tok, prompts[i]) + s["tokens"][i] for i in keep for s in (a, b)]
@@ -315,6 +320,11 @@ def markdown(res, baseline):
             if a:
                 cells = [a["train_labelers"], a["heldout_labelers"], *a["gold_ceiling"].values()]
                 lines.append(f"| {what} | {a['pairs']} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
+        lines += ["", "Per task family, comparison val set (held-out labelers):", "",
+                  "| family | pairs | RM | gold ceiling | RM - ceiling |", "|---|---|---|---|---|"]
+        lines += [f"| {fam} | {a['pairs']} | {a['heldout_labelers']:.3f} | {a['gold_ceiling']['heldout_labelers']:.3f} "
+                  f"| {a['heldout_labelers'] - a['gold_ceiling']['heldout_labelers']:+.3f} |"
+                  for fam, a in acc["per_family"].items()]
     if res.get("examples"):
         shown = list(res["examples"][0]["responses"])
         lines += ["", "## Answers side by side", "",
