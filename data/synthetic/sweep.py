@@ -58,7 +58,7 @@ class SweepConfig:
     data_dir: str = "data/synthetic"  # prompts_train (PPO), prompts_val (best-of-n), the judge (gold)
     out_dir: str = "out/sweep"  # ppo_beta{B}/, bon_samples.jsonl, overoptimisation.csv and .png
     # PPO
-    betas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1)  # KL coefficients, one PPO run each
+    betas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.05, 0.1)  # KL coefficients, one PPO run each (0.05: ppo.py's)
     iterations: int = 100  # PPO iterations per run
     ptx_coef: float = 0.0  # 0: the pure RM-vs-KL picture (no pretraining term pulling the policy back)
     ppo_args: tuple[str, ...] = ()  # further ppo.py flags for every run, key=value,... (e.g. batch_size=32)
