@@ -311,7 +311,6 @@ def test_from_policy_samples_join_candidates(tmp_path, monkeypatch):
     assert all("banana 7" in r["responses"] for r in records) and calls and calls[0][1] == 1.0
 
 
-
 def test_from_policy_ranks_samples_of_every_checkpoint(tmp_path, monkeypatch):
     """--from_policy=a.pt,b.pt (e.g. SFT and a first PPO policy, the paper's later rounds): each checkpoint is
     sampled, with its own seed, and both checkpoints' samples are in every ranking."""
@@ -328,6 +327,7 @@ def test_from_policy_ranks_samples_of_every_checkpoint(tmp_path, monkeypatch):
     records = files["comparisons_train.jsonl"] + files["comparisons_val.jsonl"]
     assert all({"banana 7", "cherry 9"} <= set(r["responses"]) for r in records)
     assert len(seeds) == 2 and seeds[0] != seeds[1]
+
 
 # ---------------------------------------------------------------------------------------------------------
 # The judge on what policies produce. A sampled policy says anything: evasions, loops, nothing at all, the
