@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 import ppo
 import reward
 import sft
+from conftest import exit_worker
 from data.formats import write_jsonl
 from data.loader import load_split
 from data.tokenizer import Tokenizer, dataset_tokenizer
@@ -209,6 +210,7 @@ def ddp_worker(rank, world_size, port, stage, args):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     {"reward": reward, "ppo": ppo}[stage].main(args)
+    exit_worker()
 
 
 def single_and_ddp(stage, args, tmp_path):

@@ -11,6 +11,7 @@ import torch
 import torch.multiprocessing as mp
 
 import sft
+from conftest import exit_worker
 from data.formats import render_prompt, render_response
 from data.loader import load_split
 from data.tokenizer import Tokenizer
@@ -152,6 +153,7 @@ def ddp_worker(rank, world, port, args):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     sft.main(args)
+    exit_worker()
 
 
 def test_ddp_step_equals_single_process_step(tmp_path):
