@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 
 import pytest
@@ -13,6 +14,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def free_port():
+    """A TCP port free on this machine now, for a DDP test's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_env(rank, world_size, port):
+    """Make this process rank `rank` of a local gloo group, as torchrun would; one thread per rank."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
 
 
 def exit_worker():

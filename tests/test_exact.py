@@ -5,7 +5,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import torch.multiprocessing as mp
 import ppo
 import reward
 import sft
-from conftest import exit_worker
+from conftest import ddp_env, exit_worker, free_port
 from data.formats import write_jsonl
 from data.loader import load_split
 from data.tokenizer import Tokenizer, dataset_tokenizer
@@ -199,16 +198,8 @@ def test_sigkill_resume_ppo_is_bitwise_exact(world, tmp_path):
 # DDP: N gloo processes == one process on the same global batch
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ddp_worker(rank, world_size, port, stage, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    ddp_env(rank, world_size, port)
     {"reward": reward, "ppo": ppo}[stage].main(args)
     exit_worker()
 

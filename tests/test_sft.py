@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 import sft
-from conftest import exit_worker
+from conftest import ddp_env, exit_worker, free_port
 from data.formats import render_prompt, render_response
 from data.loader import load_split
 from data.tokenizer import Tokenizer
@@ -142,16 +141,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ddp_worker(rank, world, port, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    ddp_env(rank, world, port)
     sft.main(args)
     exit_worker()
 

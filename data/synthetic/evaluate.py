@@ -60,7 +60,8 @@ from data.synthetic.responses import without_habits  # noqa: E402
 from data.synthetic.tasks import ideal_answer  # noqa: E402
 from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
 
-# What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO without ptx in out/ppo.
+# What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO
+# without ptx in out/ppo.
 DEFAULT_MODELS = ("base=out/pretrain/pretrain.pt", "base_fewshot=out/pretrain/pretrain.pt@fewshot",
                   "sft=out/sft/sft.pt", "ppo_ptx=out/ppo_ptx/ppo.pt", "ppo=out/ppo/ppo.pt")
 LABELER_SETS = {"train_labelers": TRAIN_LABELERS, "heldout_labelers": HELDOUT_LABELERS}
@@ -167,13 +168,18 @@ def probe_accuracy(model, tok, data_dir):
 # judging
 
 
+def family_of(prompt):
+    """The prompt's task family (tasks.parse), "other" for a prompt outside the synthetic world."""
+    spec = tasks.parse(prompt)
+    return spec["family"] if spec else "other"
+
+
 def per_family(prompts, texts, ended):
     """{family: {helpful, honest, harmless, style, gold}}: the means of the labelers' four criteria and of
     the gold score over the prompts of each task family (tasks.parse; "other" for an unrecognised prompt)."""
     sums, counts = {}, {}
     for p, t, e in zip(prompts, texts, ended):
-        spec = tasks.parse(p)
-        fam = spec["family"] if spec else "other"
+        fam = family_of(p)
         values = {**criteria(p, t, e), "gold": gold_score(p, t, e)}
         acc = sums.setdefault(fam, dict.fromkeys(CRITERIA, 0.0))
         for k in CRITERIA:
@@ -187,8 +193,7 @@ def examples(prompts, texts):
     every model's answer: [{family, prompt, responses: {model: text}}], families sorted. texts: {model: [str]}."""
     first = {}
     for i, p in enumerate(prompts):
-        spec = tasks.parse(p)
-        first.setdefault(spec["family"] if spec else "other", i)
+        first.setdefault(family_of(p), i)
     return [{"family": fam, "prompt": prompts[i], "responses": {m: t[i] for m, t in texts.items()}}
             for fam, i in sorted(first.items())]
 
@@ -249,8 +254,7 @@ def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
     out = {**accuracy_table(groups), "sft_samples": None}
     by_family = {}  # where the RM falls short of the ceiling: the families whose truth it cannot check
     for g in groups:
-        spec = tasks.parse(g[0])
-        by_family.setdefault(spec["family"] if spec else "other", []).append(g)
+        by_family.setdefault(family_of(g[0]), []).append(g)
     out["per_family"] = {fam: accuracy_table(gs) for fam, gs in sorted(by_family.items())}
     keep = [i for i in range(len(prompts)) if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
     if keep:
@@ -322,9 +326,9 @@ def markdown(res, baseline):
                 lines.append(f"| {what} | {a['pairs']} | " + " | ".join(f"{x:.3f}" for x in cells) + " |")
         lines += ["", "Per task family, comparison val set (held-out labelers):", "",
                   "| family | pairs | RM | gold ceiling | RM - ceiling |", "|---|---|---|---|---|"]
-        lines += [f"| {fam} | {a['pairs']} | {a['heldout_labelers']:.3f} | {a['gold_ceiling']['heldout_labelers']:.3f} "
-                  f"| {a['heldout_labelers'] - a['gold_ceiling']['heldout_labelers']:+.3f} |"
-                  for fam, a in acc["per_family"].items()]
+        for fam, a in acc["per_family"].items():
+            rm, ceiling = a["heldout_labelers"], a["gold_ceiling"]["heldout_labelers"]
+            lines.append(f"| {fam} | {a['pairs']} | {rm:.3f} | {ceiling:.3f} | {rm - ceiling:+.3f} |")
     if res.get("examples"):
         shown = list(res["examples"][0]["responses"])
         lines += ["", "## Answers side by side", "",

@@ -210,7 +210,7 @@ def comparison_files(prompts, seed, extra=None) -> dict:
 
 
 def from_policy(args) -> dict:
-    """The comparisons again, now with the policy's samples among the candidates (the paper's labelers
+    """The comparisons again, now with the policies' samples among the candidates (the paper's labelers
     ranked samples of the models being trained). The written candidates are the same as without."""
     prompts = split_prompts(args)
     extra, dropped = {}, 0
