@@ -127,6 +127,22 @@ def test_padding_in_candidates_is_independent_of_correctness():
     assert wrapped > 300 and 0.35 < wrapped_right / wrapped < 0.65, (wrapped, wrapped_right)
 
 
+def test_wrong_sums_are_not_told_by_their_size():
+    """A reward model that cannot check a sum learns whatever else tells right from wrong. When the far miss
+    was always ans + 2..9, two of three wrong answers were larger than the right one, the RM learnt
+    "smaller is better" and PPO answered 5 to "4 plus 2": wrong answers must be as often smaller as larger,
+    and never the right answer."""
+    rng, fam = random.Random(5), tasks.FAMILY["arithmetic"]
+    larger = smaller = 0
+    for _ in range(3000):
+        spec = tasks.parse(fam.sample(rng))
+        for w in fam.wrongs(spec, rng)[::2]:  # the near and the far miss (the other operation can tie: 5 - 0)
+            assert int(w) != spec["answer"], (spec, w)
+            larger += int(w) > spec["answer"]
+            smaller += int(w) < spec["answer"]
+    assert 0.4 < larger / (larger + smaller) < 0.6, (larger, smaller)
+
+
 def test_without_habits_undoes_each_habit_and_keeps_the_content():
     """evaluate.py's headroom reference: every habit of responses.HABITS undone (pad, hedge, guess, comply,
     overshoot), the answer inside kept even when it is wrong, and a demonstration's gold never lowered."""

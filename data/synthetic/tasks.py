@@ -88,15 +88,16 @@ class Arithmetic(Family):
 
     def sample(self, rng):
         i = rng.randrange(len(self.templates))
-        op = self.ops[i]
+        a, b = self._operands(self.ops[i], rng)
+        return self.templates[i].format(a=a, b=b)
+
+    @staticmethod
+    def _operands(op, rng):
         # One-digit operands: the tables a few million tokens can teach (the pretraining corpus states them).
         if op == "*":
-            a, b = rng.randint(2, 3), rng.randint(1, 5)
-        else:
-            a, b = rng.randint(0, 6), rng.randint(0, 6)
-            if op == "-" and b > a:
-                a, b = b, a
-        return self.templates[i].format(a=a, b=b)
+            return rng.randint(2, 3), rng.randint(1, 5)
+        a, b = rng.randint(0, 6), rng.randint(0, 6)
+        return (b, a) if op == "-" and b > a else (a, b)
 
     def make_spec(self, i, g):
         a, b, op = int(g["a"]), int(g["b"]), self.ops[i]
@@ -111,9 +112,18 @@ class Arithmetic(Family):
         return [f"{spec['a']} {word} {spec['b']} is {spec['answer']}.", f"The answer is {spec['answer']}."]
 
     def wrongs(self, spec, rng):
-        a, b, ans = spec["a"], spec["b"], spec["answer"]
-        other = a - b if spec["op"] == "+" else a + b
-        return [str(ans + rng.choice([-1, 1])), str(other), str(ans + rng.randint(2, 9))]
+        # Off by one either way, the other operation, and the answer to another question of the same kind.
+        # A wrong answer must not be told by its size: when the far miss was always larger (ans + 2..9), the
+        # reward model learnt "smaller is better" (it put ans - 1 above the right answer on 63% of
+        # validation sums) and PPO answered 5 to "4 plus 2".
+        a, b, ans, op = spec["a"], spec["b"], spec["answer"], spec["op"]
+        other = a - b if op == "+" else a + b
+        near = ans + rng.choice([-1, 1]) if ans > 0 else ans + 1
+        while True:
+            x, y = self._operands(op, rng)
+            far = x + y if op == "+" else x - y if op == "-" else x * y
+            if far != ans:
+                return [str(near), str(other), str(far)]
 
     def helpful(self, spec, response):
         # The last number is the answer: "12 plus 7 is 19." states the operands first.
