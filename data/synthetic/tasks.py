@@ -99,10 +99,13 @@ class Arithmetic(Family):
         a, b = rng.randint(0, 6), rng.randint(0, 6)
         return (b, a) if op == "-" and b > a else (a, b)
 
+    @staticmethod
+    def _apply(op, a, b):
+        return a + b if op == "+" else a - b if op == "-" else a * b
+
     def make_spec(self, i, g):
         a, b, op = int(g["a"]), int(g["b"]), self.ops[i]
-        ans = a + b if op == "+" else a - b if op == "-" else a * b
-        return {"a": a, "b": b, "op": op, "answer": ans}
+        return {"a": a, "b": b, "op": op, "answer": self._apply(op, a, b)}
 
     def ideal(self, spec, rng):
         return str(spec["answer"])
@@ -114,14 +117,13 @@ class Arithmetic(Family):
     def wrongs(self, spec, rng):
         # Off by one either way, the other operation, and the answer to another question of the same kind.
         # A wrong answer must not be told by its size: when the far miss was always larger (ans + 2..9), the
-        # reward model learnt "smaller is better" (it put ans - 1 above the right answer on 63% of
-        # validation sums) and PPO answered 5 to "4 plus 2".
+        # reward model learnt "smaller is better" (it put ans - 1 above ans + 1 on 60% of 596 validation and
+        # PPO sums) and PPO answered 5 to "4 plus 2".
         a, b, ans, op = spec["a"], spec["b"], spec["answer"], spec["op"]
         other = a - b if op == "+" else a + b
         near = ans + rng.choice([-1, 1]) if ans > 0 else ans + 1
         while True:
-            x, y = self._operands(op, rng)
-            far = x + y if op == "+" else x - y if op == "-" else x * y
+            far = self._apply(op, *self._operands(op, rng))
             if far != ans:
                 return [str(near), str(other), str(far)]
 
