@@ -76,9 +76,12 @@ class SFTConfig:
     seed: int = 1337  # model init, data order, dropout
 
 
-# The defaults of --mode=pretrain where they differ from SFT's (--help shows both)
+# The defaults of --mode=pretrain where they differ from SFT's (--help shows both). Batch 8: the tiny base
+# model is short of optimizer steps, not of tokens. The same 2 epochs in 1,474 steps instead of 368 (batch 32)
+# took about as long on a 2-core CPU and ended at val loss 0.67 instead of 0.90; its SFT model then counted
+# (val helpful 0.58 -> 0.92), summed (0.63 -> 0.80) and sorted (0.74 -> 0.88) far better.
 MODES = {"sft": {}, "pretrain": dict(out_dir="out/pretrain", init_from="scratch", dropout=0.0, epochs=2.0, lr=2e-3,
-                                     warmup_steps=100)}
+                                     warmup_steps=100, batch_size=8)}
 
 
 # -----------------------------------------------------------------------------
