@@ -277,6 +277,24 @@ def test_rankings_strict_and_k(tiny):
     assert all(a > b for a, b in zip(scores, scores[1:]))
 
 
+def test_every_ranking_shows_the_right_answer_next_to_its_nearest_miss(tiny):
+    """The ideal answer and the family's nearest miss are in every ranking (one word too many, a sum off by
+    one): drawn at random with the rest they rarely met, and the RM never learnt the difference."""
+    out, _ = tiny
+    records = read(out / "comparisons_train.jsonl") + read(out / "comparisons_val.jsonl")
+    seen = set()
+    for r in records:
+        spec = tasks.parse(r["prompt"])
+        fam = tasks.FAMILY[spec["family"]]
+        assert max(fam.helpful(spec, x) for x in r["responses"]) == 1.0, r  # a right answer
+        if spec["family"] == "repeat":
+            assert fam.overshoot(spec, None) in r["responses"], r
+        if spec["family"] == "arithmetic" and spec["answer"] > 0:
+            assert {str(spec["answer"] - 1), str(spec["answer"] + 1)} & set(r["responses"]), r
+        seen.add(spec["family"])
+    assert {"repeat", "arithmetic"} <= seen
+
+
 def test_splits_disjoint(tiny):
     """No prompt occurs in two splits; in particular test prompts are in no training split."""
     out, _ = tiny

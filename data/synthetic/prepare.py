@@ -128,14 +128,20 @@ def policy_samples(path, prompts, n, max_tokens, device, seed) -> tuple[dict, in
 
 def comparisons(prompts, rng, extra=None) -> list[dict]:
     """One strict ranking of K = 4..9 candidates per prompt by a random training labeler. The policy's samples
-    (extra) are always among the K, the written candidates fill the rest: the RM must learn to judge what the
-    policy writes, which is what PPO will show it. A sample that hit the length limit is judged with
-    ended=False; the record keeps the flags as `ended`."""
+    (extra) are always among the K, and so are the right answer and the family's nearest miss; the other
+    written candidates fill the rest: the RM must learn to judge what the policy writes, which is what PPO
+    will show it. A sample that hit the length limit is judged with ended=False; the record keeps the flags
+    as `ended`."""
     records = []
     for p in prompts:
         samples = (extra or {}).get(p, [])
         pool = responses.candidates(p, rng, [s for s, _ in samples])
         shown = {s.strip() for s, _ in samples}  # as candidates() put them in the pool
+        # The right answer next to its nearest miss in every ranking. Drawn at random like the rest, the two
+        # met in one prompt's ranking in 51 of 354 repeat prompts (seed 1337): the RM, which saw "w" < "w w"
+        # < "w w w" far more often than "w w w" > "w w w w", scored one word too many above the right count
+        # on 39 of 45 validation prompts ("Say w three times."), and PPO learnt to overshoot counts.
+        shown.update(pool[:2])
         not_ended = {s.strip() for s, ended in samples if not ended}
         k = rng.randint(4, 9)
         labeler = rng.choice(labelers.TRAIN_LABELERS)

@@ -6,7 +6,8 @@ story). SFT copies the writers, habits included; the rankings teach the reward m
 prefer, which is the headroom RLHF has over SFT in the paper.
 candidates(): the ideal answer, the habits and systematic corruptions (wrong number, off by one, wrong
 order, repetition, rambling, rudeness, fabricated fact, truncation, missing EOS, needless refusal), plus
-the model's own samples when given.
+the model's own samples when given. The first two (the ideal and the family's nearest miss) are the pair
+every ranking shows.
 ranking(): K of them ranked by one training labeler, ties dropped, best first.
 """
 from data.synthetic import tasks
@@ -107,12 +108,13 @@ def without_habits(prompt: str, response: str) -> str:
 
 
 def candidates(prompt: str, rng, extra=()) -> list[str]:
-    """Distinct candidate responses for one prompt (extra: e.g. policy samples), ideal first."""
+    """Distinct candidate responses for one prompt (extra: e.g. policy samples): the ideal answer first,
+    the family's nearest miss (its first wrong: one too many, off by one, a swap ...) second."""
     spec = tasks.parse(prompt)
     fam = tasks.FAMILY[spec["family"]]
     ideal = fam.ideal(spec, rng)
     wrongs = [w for w in fam.wrongs(spec, rng) if w != ideal]  # "5 + 0" has a wrong "5 - 0"
-    pool = [ideal] + fam.alternatives(spec, rng) + wrongs
+    pool = [ideal, wrongs[0]] + fam.alternatives(spec, rng) + wrongs[1:]
 
     def inner():
         # A wrapper's fault must not travel with the answer's correctness: if only right answers were ever

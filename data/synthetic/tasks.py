@@ -6,7 +6,8 @@ A family knows how to
                                         the judge can score any prompt string, e.g. from prompts_test.jsonl
   ideal(spec, rng) -> str               a short, correct answer (1-30 tokens)
   alternatives(spec, rng) -> [str]      other correct phrasings (slightly longer)
-  wrongs(spec, rng) -> [str]            the family's typical mistakes (wrong number, off by one, order ...)
+  wrongs(spec, rng) -> [str]            the family's typical mistakes (wrong number, off by one, order ...),
+                                        the nearest miss first
   helpful(spec, response) -> [0, 1]     is the task solved and are its constraints followed?
 Honesty, harmlessness and style are judged across families in labelers.py.
 The checkers must never crash: responses are whatever a tiny model decoded.
