@@ -48,7 +48,10 @@ def check_results(out, models, prompts, stages=None):
             assert all(0 <= v <= 1 for v in crit.values()), (m, fam)
     assert res["win_rate_vs_sft"]["sft"] == 0.5 and res["kl_to_sft"]["sft"] == 0.0
     acc = res["rm_accuracy"]
-    assert set(acc) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs", "sft_samples", "per_family"}
+    assert set(acc) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs", "sft_samples", "per_family",
+                        "nearest_miss"}
+    near = acc["nearest_miss"]
+    assert near["prompts"] >= 1 and 0 <= near["all"] <= 1 and set(near["per_family"]) <= set(tasks.FAMILY)
     assert set(acc["sft_samples"]) == {"train_labelers", "heldout_labelers", "gold_ceiling", "pairs"}
     # per family: the comparison val set's pairs split by the prompt's family, every pair in exactly one
     assert sum(a["pairs"] for a in acc["per_family"].values()) == acc["pairs"]

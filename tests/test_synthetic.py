@@ -295,6 +295,25 @@ def test_every_ranking_shows_the_right_answer_next_to_its_nearest_miss(tiny):
     assert {"repeat", "arithmetic"} <= seen
 
 
+def test_nearest_miss_accuracy_pairs_each_ideal_with_its_miss(monkeypatch):
+    """evaluate.py's nearest_miss: the RM's score of the ideal answer against the family's first wrong, one
+    pair per prompt (the ideal scored first); an RM that always prefers the ideal gets 1, the reverse 0."""
+    import torch
+    from data.synthetic import evaluate
+    prompts = list(FAMILY_PROMPTS.values()) + ["Tell me a joke."]  # the last is none of the world's tasks
+    for sign, want in ((1.0, 1.0), (-1.0, 0.0)):
+        seen = []
+
+        def fake_scores(rm, seqs):
+            seen.append(len(seqs))
+            return torch.tensor([sign if i % 2 == 0 else -sign for i in range(len(seqs))])
+
+        monkeypatch.setattr(evaluate, "score_sequences", fake_scores)
+        out = evaluate.nearest_miss_accuracy(None, Tokenizer(), prompts)
+        assert out["all"] == want and out["prompts"] == len(FAMILY_PROMPTS) == seen[0] // 2
+        assert set(out["per_family"]) == set(FAMILY_PROMPTS) and set(out["per_family"].values()) == {want}
+
+
 def test_splits_disjoint(tiny):
     """No prompt occurs in two splits; in particular test prompts are in no training split."""
     out, _ = tiny

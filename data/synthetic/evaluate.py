@@ -29,7 +29,8 @@ responses_val/, and the judges are the training labelers: the numbers to tune on
     win_rate_vs_sft_t1, win_ci95_t1, score_t1, gold_t1        {model: number}   (temperature 1)
     per_family      {model: {family: {helpful, honest, harmless, style, gold}}}
     rm_accuracy     {train_labelers, heldout_labelers, gold_ceiling: {train_labelers, heldout_labelers},
-                     pairs, sft_samples: {the same four keys}, per_family: {family: {the same four keys}}}
+                     pairs, sft_samples: {the same four keys}, per_family: {family: {the same four keys}},
+                     nearest_miss: {all, per_family: {family: fraction}, prompts}}
     alignment_tax   {model: {ptx_loss, probe}}
     kl_to_sft       {model: nats}
     headroom        {sft_without_habits, ideal: {win_rate_vs_sft, win_ci95, gold}}: references, not models
@@ -39,6 +40,7 @@ responses_val/, and the judges are the training labelers: the numbers to tune on
 
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_sco
                             tasks, win_rate)
 from data.synthetic.labelers import TIE_EPS  # noqa: E402
 from data.synthetic.responses import without_habits  # noqa: E402
-from data.synthetic.tasks import ideal_answer  # noqa: E402
+from data.synthetic.tasks import FAMILY, ideal_answer, parse  # noqa: E402
 from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
 
 # What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO
@@ -238,10 +240,36 @@ def accuracy_table(groups):
     return out
 
 
+def nearest_miss_accuracy(rm, tok, prompts):
+    """How often the reward model scores a prompt's ideal answer above the family's nearest miss (its first
+    wrong: one item too many, a sum off by one, two neighbours swapped ...), overall and per family: the
+    distinction a policy drifts across when the RM cannot make it. Prompts whose miss is no worse in gold
+    (none of the world's, in practice) are left out."""
+    pairs = []
+    for p in prompts:
+        spec = parse(p)
+        if spec is None:
+            continue
+        ideal = ideal_answer(p)
+        miss = FAMILY[spec["family"]].wrongs(spec, random.Random(p))[0]  # fixed by the prompt: reproducible
+        if gold_score(p, ideal) > gold_score(p, miss):
+            pairs.append((spec["family"], p, ideal, miss))
+    if not pairs:
+        return None
+    r = score_sequences(rm, [encode_prompt(tok, p) + encode_response(tok, x) for _, p, i, m in pairs
+                             for x in (i, m)]).tolist()
+    right = {}
+    for j, (fam, *_) in enumerate(pairs):
+        right.setdefault(fam, []).append(r[2 * j] > r[2 * j + 1])
+    return {"all": sum(map(sum, right.values())) / len(pairs), "prompts": len(pairs),
+            "per_family": {f: sum(v) / len(v) for f, v in sorted(right.items())}}
+
+
 def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
     """The reward model's accuracy (issue 10, point 5) on every pair of every ranking of comparisons_val.jsonl
     and, given two samples a and b of the SFT model on each prompt (sample()'s dicts), on those pairs
-    (sft_samples: identical pairs left out; None without samples)."""
+    (sft_samples: identical pairs left out; None without samples); on prompts, the ideal answer against
+    the nearest miss (nearest_miss_accuracy)."""
     records = read_split(data_dir, "comparisons", "val")
     seqs = [encode_prompt(tok, r["prompt"]) + encode_response(tok, x) for r in records for x in r["responses"]]
     rewards = score_sequences(rm, seqs).tolist()
@@ -251,12 +279,13 @@ def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
         ended = r.get("ended", [True] * k)  # a policy sample cut without EOS, where the data says so
         groups.append((r["prompt"], r["responses"], ended, rewards[i:i + k]))
         i += k
-    out = {**accuracy_table(groups), "sft_samples": None}
+    out = {**accuracy_table(groups), "sft_samples": None, "nearest_miss": nearest_miss_accuracy(rm, tok, prompts)}
     by_family = {}  # where the RM falls short of the ceiling: the families whose truth it cannot check
     for g in groups:
         by_family.setdefault(family_of(g[0]), []).append(g)
     out["per_family"] = {fam: accuracy_table(gs) for fam, gs in sorted(by_family.items())}
-    keep = [i for i in range(len(prompts)) if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
+    keep = [i for i in range(len(prompts) if a and b else 0)
+            if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
     if keep:
         seqs = [encode_prompt(tok, prompts[i]) + s["tokens"][i] for i in keep for s in (a, b)]
         r = score_sequences(rm, seqs).tolist()
@@ -329,6 +358,12 @@ def markdown(res, baseline):
         for fam, a in acc["per_family"].items():
             rm, ceiling = a["heldout_labelers"], a["gold_ceiling"]["heldout_labelers"]
             lines.append(f"| {fam} | {a['pairs']} | {rm:.3f} | {ceiling:.3f} | {rm - ceiling:+.3f} |")
+        near = acc.get("nearest_miss")
+        if near:
+            lines += ["", f"The ideal answer above the family's nearest miss (one too many, off by one, a swap ...) "
+                      f"in the RM's score, on {near['prompts']} {res['split']} prompts: {near['all']:.3f}", "",
+                      "| family | ideal > nearest miss |", "|---|---|"]
+            lines += [f"| {f} | {x:.3f} |" for f, x in near["per_family"].items()]
     if res.get("examples"):
         shown = list(res["examples"][0]["responses"])
         lines += ["", "## Answers side by side", "",
@@ -425,7 +460,7 @@ def main(argv=None):
     # 3. the reward model's accuracy, on the comparison val set and on pairs of two T=1 samples of SFT
     acc = None
     if rm is not None:
-        pair = {}
+        pair = {"prompts": prompts}
         if args.baseline in t1_pass:  # the second sample: seeds after those of the T=1 pass
             pair = {"prompts": prompts, "a": t1_pass[args.baseline],
                     "b": sample(ref, ref_tok, prompts, args, 1.0, "", False, args.seed + 2 * len(prompts))}
