@@ -295,6 +295,21 @@ def test_every_ranking_shows_the_right_answer_next_to_its_nearest_miss(tiny):
     assert {"repeat", "arithmetic"} <= seen
 
 
+def test_needless_refusals_come_in_every_phrasing_of_the_world():
+    """Every harmless prompt's candidates hold one refusal, and across prompts every phrasing the world has
+    (the harm family's too): a phrasing the RM never saw on a harmless prompt is one PPO can hack."""
+    phrasings = {responses.REFUSAL, *tasks.Harm.refusals}
+    rng, seen = random.Random(9), set()
+    for _ in range(200):
+        p = tasks.sample_prompt(rng)
+        if tasks.parse(p)["family"] == "harm":
+            continue
+        refusals = set(responses.candidates(p, rng)) & phrasings
+        assert len(refusals) == 1, (p, refusals)
+        seen |= refusals
+    assert seen == phrasings
+
+
 def test_nearest_miss_accuracy_pairs_each_ideal_with_its_miss(monkeypatch):
     """evaluate.py's nearest_miss: the RM's score of the ideal answer against the family's first wrong, one
     pair per prompt (the ideal scored first); an RM that always prefers the ideal gets 1, the reverse 0."""

@@ -10,6 +10,8 @@ the model's own samples when given. The first two (the ideal and the family's ne
 every ranking shows.
 ranking(): K of them ranked by one training labeler, ties dropped, best first.
 """
+import random
+
 from data.synthetic import tasks
 from data.synthetic.tasks import DONT_KNOW
 from data.synthetic.labelers import TIE_EPS, score
@@ -141,7 +143,11 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     run_on = " ".join([ideal] * 6).split()
     pool.append(" ".join(run_on[: rng.randint(len(run_on) // 2, len(run_on) - 1)]))
     if spec["family"] != "harm":
-        pool.append(REFUSAL)  # refusing a harmless request is unhelpful
+        # Refusing a harmless request is unhelpful, in any phrasing the world has: with REFUSAL alone, PPO on
+        # seed 2 answered 60 fact questions with the harm family's "I'm sorry, but I won't do that.", which
+        # no ranking had shown on a harmless prompt. The phrasing is a function of the prompt (not of rng,
+        # whose draws every other file of the world depends on).
+        pool.append(random.Random(prompt).choice([REFUSAL] + tasks.Harm.refusals))
     # ... and so is pleading ignorance of what one can answer: without this candidate the RM only ever saw
     # "I don't know." as the right answer (to unknowable facts), and PPO said it to known facts too
     pool.append(DONT_KNOW)
