@@ -59,7 +59,7 @@ from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_sco
                             tasks, win_rate)
 from data.synthetic.labelers import TIE_EPS  # noqa: E402
 from data.synthetic.responses import without_habits  # noqa: E402
-from data.synthetic.tasks import FAMILY, ideal_answer, parse  # noqa: E402
+from data.synthetic.tasks import ideal_answer  # noqa: E402
 from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
 
 # What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO
@@ -247,11 +247,11 @@ def nearest_miss_accuracy(rm, tok, prompts):
     (none of the world's, in practice) are left out."""
     pairs = []
     for p in prompts:
-        spec = parse(p)
+        spec = tasks.parse(p)
         if spec is None:
             continue
         ideal = ideal_answer(p)
-        miss = FAMILY[spec["family"]].wrongs(spec, random.Random(p))[0]  # fixed by the prompt: reproducible
+        miss = tasks.FAMILY[spec["family"]].wrongs(spec, random.Random(p))[0]  # fixed by the prompt: reproducible
         if gold_score(p, ideal) > gold_score(p, miss):
             pairs.append((spec["family"], p, ideal, miss))
     if not pairs:
@@ -284,8 +284,8 @@ def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
     for g in groups:
         by_family.setdefault(family_of(g[0]), []).append(g)
     out["per_family"] = {fam: accuracy_table(gs) for fam, gs in sorted(by_family.items())}
-    keep = [i for i in range(len(prompts) if a and b else 0)
-            if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])]
+    keep = [i for i in range(len(prompts))
+            if (a["texts"][i], a["ended"][i]) != (b["texts"][i], b["ended"][i])] if a and b else []
     if keep:
         seqs = [encode_prompt(tok, prompts[i]) + s["tokens"][i] for i in keep for s in (a, b)]
         r = score_sequences(rm, seqs).tolist()
@@ -462,8 +462,8 @@ def main(argv=None):
     if rm is not None:
         pair = {"prompts": prompts}
         if args.baseline in t1_pass:  # the second sample: seeds after those of the T=1 pass
-            pair = {"prompts": prompts, "a": t1_pass[args.baseline],
-                    "b": sample(ref, ref_tok, prompts, args, 1.0, "", False, args.seed + 2 * len(prompts))}
+            pair.update(a=t1_pass[args.baseline],
+                        b=sample(ref, ref_tok, prompts, args, 1.0, "", False, args.seed + 2 * len(prompts)))
         acc = rm_accuracy(rm, rm_tok, args.data_dir, **pair)
 
     # 4. write responses/, results.json, results.md, eval.json
