@@ -16,6 +16,7 @@ Tiny run on a CPU (after `python sft.py` and `python reward.py` on the synthetic
     python ppo.py                       # PPO-ptx -> out/ppo/ppo.pt, out/ppo/metrics.jsonl
     python ppo.py --ptx_coef=0 --out_dir=out/ppo_ptx0      # plain PPO
     python ppo.py --init_from=resume    # continue an interrupted run from out/ppo/resume.pt
+    python ppo.py --oracle_scale=6 --out_dir=out/ppo_oracle  # the judge's gold score as the reward: what the RM costs
 
 On GPUs (bf16, fused attention; each rank samples its share of every batch):
 
@@ -49,6 +50,12 @@ class PPOConfig:
     # models and data
     init_from: str = "out/sft/sft.pt"  # SFT checkpoint: the policy and the frozen reference | resume
     reward_model: str = "out/reward/reward.pt"  # the frozen reward model; the value model starts as a copy
+    # The oracle (diagnosis, on data with a judge): the data's noiseless gold score in [0, 1] as the reward, the
+    # "gold RM" of Gao et al. 2022, to measure what the RM's blind spots cost PPO. A perfect answer scores 0 and
+    # SFT's samples -0.8 on average (the RM gives them +0.1), so the value model, which starts from the RM, need
+    # not learn a large offset; 6 puts the synthetic world's gold (std 0.16 over SFT's samples) on the RM's
+    # scale (std 1 there), so that beta means the same.
+    oracle_scale: float = 0.0  # > 0: score with oracle_scale * (gold - 1) instead of the reward model
     data_dir: str = "data/synthetic"  # prompts_train.jsonl (rollouts), pretrain_train.jsonl (ptx)
     out_dir: str = "out/ppo"  # ppo.pt (the policy), resume.pt, metrics.jsonl
     # rollouts
@@ -335,6 +342,9 @@ def main(argv=None, reward_fn=None):
     policy, ref_policy, value_model, reward_model, tok = load_models(cfg, rt, resume)
     reward_fn = reward_fn or reward_model_fn(reward_model, rt.autocast)
     judge = load_judge(cfg.data_dir)
+    if cfg.oracle_scale > 0 and not judge:
+        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} scores with the data's gold score, but {cfg.data_dir} "
+                          f"has no judge (judge.json): use the reward model (--oracle_scale=0)")
     if cfg.ptx_coef > 0 and not (Path(cfg.data_dir) / "pretrain_train.jsonl").exists():
         raise ConfigError(f"--ptx_coef={cfg.ptx_coef} mixes in pretraining text, but {cfg.data_dir}/pretrain_train.jsonl "
                           f"does not exist: prepare it, or run plain PPO with --ptx_coef=0")
@@ -380,9 +390,14 @@ def main(argv=None, reward_fn=None):
                              seeds=[seed_of(cfg.seed, it, r) for r in rows], autocast=rt.autocast)
             P, mask = batch["prompt_len"], batch["response_mask"]
 
-            # 2. score: the RM reads prompt + response at its EOS; a response cut off without EOS gets the
-            #    fixed no_eos_penalty instead
-            rm_scores = torch.as_tensor(reward_fn(prompts, batch["response_lists"])).float().to(mask.device)
+            # 2. score: the RM reads prompt + response at its EOS (or the oracle: the judge reads the text); a
+            #    response cut off without EOS gets the fixed no_eos_penalty instead
+            texts = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in batch["response_lists"]]
+            if cfg.oracle_scale > 0:
+                gold = judge.gold([prompt_texts[i] for i in prompt_ids], texts, batch["ended"].tolist())
+                rm_scores = cfg.oracle_scale * (torch.tensor(gold, dtype=torch.float32, device=mask.device) - 1)
+            else:
+                rm_scores = torch.as_tensor(reward_fn(prompts, batch["response_lists"])).float().to(mask.device)
             scores = rm_scores.clone()
             if cfg.no_eos_penalty is not None:
                 scores[~batch["ended"]] = cfg.no_eos_penalty
@@ -447,7 +462,6 @@ def main(argv=None, reward_fn=None):
                  "ended": batch["ended"].float().mean().item(),
                  "explained_variance": explained_variance(values, returns, mask),
                  **{k: float(np.mean(v)) for k, v in stats.items() if v}}
-            texts = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in batch["response_lists"]]
             if judge:
                 m.update(judge.score([prompt_texts[i] for i in prompt_ids], texts, batch["ended"].tolist()))
             m = {k: v if k in ("step", "episodes") else rt.mean(v) for k, v in m.items()}

@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import json
+import random
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import ppo
 from data.formats import render_prompt, render_response, write_jsonl
 from common import ConfigError
 from data.loader import encode_prompt
+from data.synthetic import tasks
 from data.tokenizer import Tokenizer
 from model import GPT, GPTConfig, generate, load_model, response_logprobs, save_checkpoint
 
@@ -268,6 +271,33 @@ def test_ppo_raises_a_known_reward(world):
     assert last > first + 0.5, (first, last)
     assert ev["eval_policy_rm_score"] > ev["eval_sft_rm_score"]
     assert all(m["kl"] > -0.5 for m in history)  # pure sampling: the KL estimate stays (about) non-negative
+
+
+def test_oracle_scale_rewards_the_judges_gold_score_and_needs_a_judge(world):
+    """--oracle_scale=s scores every rollout with s x (the judge's gold score - 1) instead of the RM (rm_score,
+    what PPO optimises, is s x (the gold_score logged next to it - 1), iteration by iteration); data without a
+    judge stops with a clear error."""
+    tmp_path, _ = world
+    with pytest.raises(ConfigError, match="has no judge"):
+        ppo.main(tiny_config(tmp_path, oracle_scale=6.0))
+    rng = random.Random(0)
+    prompts = [tasks.sample_prompt(rng) for _ in range(8)]
+    answers = ["I don't know.", "cat cat cat", "3, 2, 1", "The capital of Peldor is Mopa."]
+    tok = Tokenizer.build_compact([render_prompt(p) for p in prompts] + [render_response(a) for a in answers])
+    data = tmp_path / "synthetic"
+    write_jsonl(data / "prompts_train.jsonl", [{"prompt": p} for p in prompts])
+    (data / "judge.json").write_text(json.dumps({"module": "data.synthetic.judge"}))
+    save_checkpoint(str(tmp_path / "sft_w.pt"), stage="sft", model=tiny_gpt(tok.vocab_size), run_config={},
+                    tokenizer=tok)
+    save_checkpoint(str(tmp_path / "reward_w.pt"), stage="reward", run_config={}, tokenizer=tok,
+                    model=tiny_gpt(tok.vocab_size, seed=1, scalar_head=True))
+    cfg = tiny_config(tmp_path, init_from=str(tmp_path / "sft_w.pt"), reward_model=str(tmp_path / "reward_w.pt"),
+                      data_dir=str(data), oracle_scale=6.0, no_eos_penalty=None)
+    history, _ = ppo.main(cfg)
+    assert len(history) == 2
+    for m in history:
+        assert m["rm_score"] == pytest.approx(6.0 * (m["gold_score"] - 1), rel=1e-5)
+        assert m["score"] == pytest.approx(m["rm_score"])
 
 
 def test_ptx_run_saves_a_usable_policy_and_requires_pretrain_data(world):

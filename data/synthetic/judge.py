@@ -13,8 +13,12 @@ class Judge:
     def score(self, prompts, responses, ended, labelers="train"):
         """Mean labelers' score and noiseless gold score of text responses (ppo.py logs them per iteration:
         the truth next to the reward model's proxy)."""
-        gold = sum(gold_score(p, r, e) for p, r, e in zip(prompts, responses, ended)) / len(prompts)
+        gold = sum(self.gold(prompts, responses, ended)) / len(prompts)
         return {"labelers_score": judge_mean(prompts, responses, LABELERS[labelers], ended), "gold_score": gold}
+
+    def gold(self, prompts, responses, ended):
+        """The noiseless gold score of each response, a list (ppo.py --oracle_scale: the truth as the reward)."""
+        return [gold_score(p, r, e) for p, r, e in zip(prompts, responses, ended)]
 
     def win_rate(self, prompts, a, b, ended_a, ended_b, labelers="train"):
         """(rate, 95% CI half-width): how often the labelers prefer response a to b, ties half."""
