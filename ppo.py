@@ -54,7 +54,8 @@ class PPOConfig:
     # "gold RM" of Gao et al. 2022, to measure what the RM's blind spots cost PPO. A perfect answer scores 0 and
     # SFT's samples -0.8 on average (the RM gives them +0.1), so the value model, which starts from the RM, need
     # not learn a large offset; 6 puts the synthetic world's gold (std 0.16 over SFT's samples) on the RM's
-    # scale (std 1 there), so that beta means the same.
+    # scale (std 1 there), so that beta means the same. The judge already scores a response that does not stop
+    # (0.5-0.7 gold), so no_eos_penalty does not apply; the log's rm_score is then the oracle's score.
     oracle_scale: float = 0.0  # > 0: score with oracle_scale * (gold - 1) instead of the reward model
     data_dir: str = "data/synthetic"  # prompts_train.jsonl (rollouts), pretrain_train.jsonl (ptx)
     out_dir: str = "out/ppo"  # ppo.pt (the policy), resume.pt, metrics.jsonl
@@ -335,10 +336,13 @@ def main(argv=None, reward_fn=None):
     if any(n % rt.world_size for n in (cfg.batch_size, cfg.minibatch_size, cfg.ptx_batch_size)):
         raise ConfigError(f"batch_size, minibatch_size and ptx_batch_size must divide among {rt.world_size} ranks")
     resume = None
-    if cfg.init_from == "resume":  # the run goes on with the models it started from
+    if cfg.init_from == "resume":  # the run goes on with the models and the reward it started from
         resume = load_checkpoint(str(Path(cfg.out_dir) / "resume.pt"), ("resume",))
         cfg = dataclasses.replace(cfg, init_from=resume["run_config"]["init_from"],
-                                  reward_model=resume["run_config"]["reward_model"])
+                                  reward_model=resume["run_config"]["reward_model"],
+                                  oracle_scale=resume["run_config"].get("oracle_scale", 0.0))
+    if cfg.oracle_scale < 0:
+        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} must be >= 0 (0: the reward model)")
     policy, ref_policy, value_model, reward_model, tok = load_models(cfg, rt, resume)
     reward_fn = reward_fn or reward_model_fn(reward_model, rt.autocast)
     judge = load_judge(cfg.data_dir)
@@ -399,7 +403,7 @@ def main(argv=None, reward_fn=None):
             else:
                 rm_scores = torch.as_tensor(reward_fn(prompts, batch["response_lists"])).float().to(mask.device)
             scores = rm_scores.clone()
-            if cfg.no_eos_penalty is not None:
+            if cfg.no_eos_penalty is not None and cfg.oracle_scale == 0:
                 scores[~batch["ended"]] = cfg.no_eos_penalty
 
             # 3. logprobs of the sampled tokens under the policy and the SFT reference, and the values: one

@@ -275,11 +275,14 @@ def test_ppo_raises_a_known_reward(world):
 
 def test_oracle_scale_rewards_the_judges_gold_score_and_needs_a_judge(world):
     """--oracle_scale=s scores every rollout with s x (the judge's gold score - 1) instead of the RM (rm_score,
-    what PPO optimises, is s x (the gold_score logged next to it - 1), iteration by iteration); data without a
-    judge stops with a clear error."""
+    what PPO optimises, is s x (the gold_score logged next to it - 1), iteration by iteration), responses that
+    do not stop included (the judge scores them; no_eos_penalty would be a bonus on this scale); a resumed run
+    keeps the oracle; data without a judge and a negative scale stop with a clear error."""
     tmp_path, _ = world
     with pytest.raises(ConfigError, match="has no judge"):
         ppo.main(tiny_config(tmp_path, oracle_scale=6.0))
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        ppo.main(tiny_config(tmp_path, oracle_scale=-1.0))
     rng = random.Random(0)
     prompts = [tasks.sample_prompt(rng) for _ in range(8)]
     answers = ["I don't know.", "cat cat cat", "3, 2, 1", "The capital of Peldor is Mopa."]
@@ -292,9 +295,11 @@ def test_oracle_scale_rewards_the_judges_gold_score_and_needs_a_judge(world):
     save_checkpoint(str(tmp_path / "reward_w.pt"), stage="reward", run_config={}, tokenizer=tok,
                     model=tiny_gpt(tok.vocab_size, seed=1, scalar_head=True))
     cfg = tiny_config(tmp_path, init_from=str(tmp_path / "sft_w.pt"), reward_model=str(tmp_path / "reward_w.pt"),
-                      data_dir=str(data), oracle_scale=6.0, no_eos_penalty=None)
+                      data_dir=str(data), oracle_scale=6.0, no_eos_penalty=-1.0)
     history, _ = ppo.main(cfg)
-    assert len(history) == 2
+    history += ppo.main(dataclasses.replace(cfg, init_from="resume", iterations=3, oracle_scale=0.0))[0]
+    assert [m["step"] for m in history] == [1, 2, 3]
+    assert min(m["ended"] for m in history) < 1  # some responses run to the limit: the penalty would show
     for m in history:
         assert m["rm_score"] == pytest.approx(6.0 * (m["gold_score"] - 1), rel=1e-5)
         assert m["score"] == pytest.approx(m["rm_score"])
