@@ -394,8 +394,8 @@ def main(argv=None, reward_fn=None):
                              seeds=[seed_of(cfg.seed, it, r) for r in rows], autocast=rt.autocast)
             P, mask = batch["prompt_len"], batch["response_mask"]
 
-            # 2. score: the RM reads prompt + response at its EOS (or the oracle: the judge reads the text); a
-            #    response cut off without EOS gets the fixed no_eos_penalty instead
+            # 2. score: the RM reads prompt + response at its EOS, and a response cut off without EOS gets the
+            #    fixed no_eos_penalty instead; or the oracle: the judge reads the text, cut-off answers included
             texts = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in batch["response_lists"]]
             if cfg.oracle_scale > 0:
                 gold = judge.gold([prompt_texts[i] for i in prompt_ids], texts, batch["ended"].tolist())
