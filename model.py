@@ -114,7 +114,12 @@ class Block(nn.Module):
 
 
 class KVCache:
-    """Keys and values of every layer for the positions decoded so far, preallocated for max_len positions."""
+    """
+    Keys and values of every layer, preallocated for max_len positions. Attention reads the whole buffer,
+    not the part written so far: the mask hides the positions still to come (the buffer starts at zero, so
+    they are finite), and a contiguous (B, nh, max_len, hs) block is multiplied as it is, where a slice
+    of it would be copied at every step (on a 2-core CPU that copy was half of a decode step).
+    """
 
     def __init__(self, n_layer, max_len):
         self.n_layer, self.max_len, self.length, self.k, self.v = n_layer, max_len, 0, None, None
@@ -122,14 +127,14 @@ class KVCache:
     def update(self, layer, k, v):
         B, nh, T, hs = k.shape
         if self.k is None:  # allocated on first use so it takes the dtype autocast gives k and v
-            self.k = k.new_empty(self.n_layer, B, nh, self.max_len, hs)
-            self.v = v.new_empty(self.n_layer, B, nh, self.max_len, hs)
+            self.k = k.new_zeros(self.n_layer, B, nh, self.max_len, hs)
+            self.v = v.new_zeros(self.n_layer, B, nh, self.max_len, hs)
         end = self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        return self.k[layer], self.v[layer]  # (B, nh, max_len, hs)
 
 
 class GPT(nn.Module):
@@ -181,17 +186,21 @@ class GPT(nn.Module):
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
         attn_mask, position_ids = None, torch.arange(past, past + T, device=idx.device)[None]
-        if attention_mask is not None or past > 0:
+        if attention_mask is not None or kv_cache is not None:
             if attention_mask is None:
                 attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=idx.device)
-            keys = attention_mask.bool()  # (B, S) with S = past + T
-            causal = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(diagonal=past)
-            attn_mask = causal[None] & keys[:, None, :]  # (B, T, S)
+            S = kv_cache.max_len if kv_cache is not None else past + T  # keys: the cache's whole buffer
+            keys = F.pad(attention_mask.bool(), (0, S - past - T))  # (B, S), False on positions to come
             # A padding query would see no key at all (left padding) and SDPA would return NaN for it;
             # letting each query see itself keeps it finite and changes nothing for real tokens.
-            positions = torch.arange(past + T, device=idx.device)
-            attn_mask = attn_mask | (positions[past:, None] == positions[None, :])[None]
-            attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
+            if T == 1:  # a decoding step: every key so far is in the past, so the mask is the keys' alone
+                keys[:, past] = True
+                attn_mask = keys[:, None, None, :]  # (B, 1, 1, S)
+            else:
+                causal = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)
+                positions = torch.arange(S, device=idx.device)
+                itself = positions[past:past + T, None] == positions[None, :]
+                attn_mask = ((causal[None] & keys[:, None, :]) | itself[None])[:, None]  # (B, 1, T, S), over heads
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
         for i, block in enumerate(self.transformer.h):

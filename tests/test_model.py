@@ -74,16 +74,18 @@ def test_kv_cache_equals_full_recomputation():
     a = M.generate(m, prompts, 10, temperature=0, use_cache=True)
     b = M.generate(m, prompts, 10, temperature=0, use_cache=False)
     assert torch.equal(a["seqs"], b["seqs"])
-    # logits: prefill + one step at a time through the cache vs one full pass over the final sequence
+    # logits: a prefill, a chunk of 3 after it, then one step at a time through the cache (which attends
+    # over its whole 16-position buffer) vs one full pass over the final sequence
     seqs, full_mask = a["seqs"], torch.cat([a["attention_mask"][:, :6], torch.ones(3, 10, dtype=torch.bool)], 1)
     full, _ = m(seqs, attention_mask=full_mask)
     cache = M.KVCache(m.config.n_layer, 16)
-    step, _ = m(seqs[:, :6], attention_mask=full_mask[:, :6], kv_cache=cache)
-    pieces = [step]
-    for t in range(6, 16):
+    pieces = [m(seqs[:, :5], attention_mask=full_mask[:, :5], kv_cache=cache)[0],
+              m(seqs[:, 5:8], attention_mask=full_mask[:, :8], kv_cache=cache)[0]]
+    for t in range(8, 16):
         step, _ = m(seqs[:, t:t + 1], attention_mask=full_mask[:, :t + 1], kv_cache=cache)
         pieces.append(step)
     cached = torch.cat(pieces, 1)
+    assert cache.length == 16
     torch.testing.assert_close(cached[full_mask], full[full_mask], atol=1e-5, rtol=1e-5)
 
 
