@@ -6,6 +6,7 @@ in one run on one machine (as nanoGPT's bench.py, with the peers beside it).
     pip install -c /tmp/c.txt transformers "trl==1.12.0"    # the peers; optional, never in requirements.txt
     python bench.py                              # every section: out/bench.json and a table
     python bench.py --sections=train,sample      # some sections; out/bench.json keeps the others' entries
+    python bench.py --device=cuda                # on a GPU: the same sections there, and gpt2
 
 Both sides of a comparison get the same model shape (the pipeline's default: sft.py's 4 layers x 128 wide,
 block 256, the synthetic world's compact vocabulary), batch, threads, warm-up and dtype (the pipeline's: bf16
@@ -22,6 +23,12 @@ best time, so that a slow moment of a shared machine hurts neither side alone.
     ppo     ppo.py's iteration vs TRL's PPOTrainer (episodes/s) at equal sizes and settings
     stages  pretrain, sft, reward and ppo run briefly by their own main() on a small synthetic world: the
             training tokens/s of the script over that of a bare loop of the same step
+    gpt2    (CUDA by default) GPT-2 124M from random weights, block 1024, trained as the GPU recipe does
+            (bf16 autocast, SDPA's flash kernel, fused AdamW, torch.compile): tokens/s and MFU against the
+            GPU's datasheet bf16 peak, next to GPT2LMHeadModel with the same settings
+
+On a GPU, `--n_layer=12 --n_head=12 --n_embd=768 --vocab_size=50304` gives the sample and ppo sections
+GPT-2 124M's shape too.
 """
 
 import contextlib
@@ -42,8 +49,8 @@ import torch.nn.functional as F
 import ppo
 import reward
 import sft
-from common import (ConfigError, configure_optimizer, cpu_has_bf16, load_lm, optimizer_step, parse_config, run,
-                    setup_runtime)
+from common import (ConfigError, configure_optimizer, cpu_has_bf16, flops_per_token, gpu_peak_flops, load_lm,
+                    optimizer_step, parse_config, run, setup_runtime)
 from data.formats import atomic_write, read_split
 from data.loader import encode_prompt, length_bucketed_batches, load_split, random_windows
 from data.synthetic import prepare
@@ -51,13 +58,15 @@ from data.tokenizer import dataset_tokenizer
 from model import (GPT, GPTConfig, generate, last_token_scores, pad_left, response_logprobs, save_checkpoint,
                    score_sequences)
 
-SECTIONS = ("matmul", "train", "sample", "ppo", "stages")
+SECTIONS = ("matmul", "train", "sample", "ppo", "stages", "gpt2")
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)  # the gpt2 section's model (GPT-2 small)
 
 
 @dataclass
 class BenchConfig:
     """Benchmarks side by side with transformers and TRL (peers skipped, and said so, when not installed)."""
-    sections: tuple[str, ...] = SECTIONS  # which to run: matmul,train,sample,ppo,stages
+    sections: tuple[str, ...] = ()  # which to run: matmul,train,sample,ppo,stages,gpt2; () = all (gpt2 on CUDA)
+    device: str = "auto"  # auto (cuda if there is one) | cpu | cuda
     out: str = "out/bench.json"  # results, merged into what an earlier run wrote there
     work_dir: str = ""  # the synthetic world and checkpoints go here; "" = a temporary folder
     peers: bool = True  # compare with transformers / TRL where installed
@@ -66,6 +75,7 @@ class BenchConfig:
     n_head: int = 4  # attention heads
     n_embd: int = 128  # width
     block_size: int = 256  # context length
+    vocab_size: int = 0  # 0 = the synthetic world's compact vocabulary (its prompts fit any larger one)
     batch_size: int = 32  # training sequences per step
     # measurement
     dtype: str = "auto"  # auto (the pipeline's: bf16 on a CPU with native bf16, else fp32) | float32 | bfloat16
@@ -73,7 +83,7 @@ class BenchConfig:
     warmup: int = 2  # untimed steps before each timing
     steps: int = 5  # timed steps (training) per repeat
     repeats: int = 3  # the sides take turns this many times; each keeps its best
-    matmul_size: int = 2048  # n of the n x n matmul
+    matmul_size: int = 0  # n of the n x n matmul; 0 = 2048 on a CPU, 8192 on a GPU (large enough for its peak)
     extras: bool = True  # train: also fp32, 1 thread and torch.compile
     # sampling
     sample_prompts: int = 64  # prompts per generate call (synthetic-world prompts)
@@ -87,6 +97,11 @@ class BenchConfig:
     ppo_new_tokens: int = 48  # response length limit
     # stages
     world_scale: float = 0.2  # size of the synthetic world (prepare.py --scale)
+    # gpt2
+    gpt2_batch_size: int = 16  # sequences of 1,024 tokens per step
+    gpt2_vocab_size: int = 50304  # GPT-2's 50,257 padded to a multiple of 64, as nanoGPT (faster matmuls)
+    gpt2_steps: int = 10  # timed steps per repeat
+    gpt2_compile: bool = True  # also torch.compile both sides (the first step of each compiles: a minute)
     stage_steps: int = 30  # optimizer steps of each stage run (PPO: ppo_iterations + 1 iterations)
     seed: int = 1337
 
@@ -106,8 +121,15 @@ def best_rates(fns, work, cfg, steps=1, warmup=None, repeats=None):
             t0 = time.perf_counter()
             for _ in range(steps):
                 fn()
+            sync()
             rates[name] = max(rates[name], work[name] * steps / (time.perf_counter() - t0))
     return rates
+
+
+def sync():
+    """Wait for the GPU's queued work, so the clock reads finished work (CUDA runs asynchronously)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def train_step(model, loss_fn, x, y, rt):
@@ -125,12 +147,6 @@ def train_step(model, loss_fn, x, y, rt):
 
 def lm_loss(logits, y):
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1)
-
-
-def flops_per_token(model, seq_len):
-    """nanoGPT's count (PaLM appendix B): 6N for the weights plus 12 L T d for attention."""
-    c = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * seq_len * c.n_embd
 
 
 # -----------------------------------------------------------------------------
@@ -164,7 +180,7 @@ def hf_gpt2(model_cfg, attn="sdpa", scalar_head=False, pad_id=None):
 def bench_matmul(cfg, rt):
     """FLOP/s of an n x n matmul in the dtype the pipeline's matmuls run in."""
     dtype = torch.bfloat16 if rt.dtype == "bfloat16" else torch.float32
-    n = cfg.matmul_size
+    n = cfg.matmul_size or (8192 if rt.device_type == "cuda" else 2048)
     a, b = (torch.randn(n, n, dtype=dtype, device=rt.device) for _ in range(2))
     rate = best_rates({"matmul": lambda: a @ b}, {"matmul": 2 * n ** 3}, cfg, steps=3)["matmul"]
     return {"matmul_flops_per_s": rate, "size": n, "dtype": str(dtype).removeprefix("torch.")}
@@ -209,7 +225,7 @@ def bench_train_settings(cfg, rt, model_cfg, x, y, default_rate):
                                               x, y, fp32)}, {"float32": B * T}, cfg, cfg.steps)
     out["float32"] = {"tokens_per_s": rates["float32"]}
     threads = torch.get_num_threads()
-    if threads > 1:
+    if threads > 1 and rt.device_type == "cpu":  # threads are a CPU's setting
         torch.set_num_threads(1)
         rates = best_rates({"one_thread": train_step(GPT(model_cfg).to(rt.device),
                                                      lambda m, x, y: lm_loss(m(x)[0], y), x, y, rt)},
@@ -266,6 +282,51 @@ def bench_sample(cfg, rt, model_cfg, prompts, versions):
     result["sample_vs_no_cache"] = {"ratio": min(v["ratio"] for v in by_length.values()), "by_length": by_length,
                                     "prompts": len(prompts)}
     return result
+
+
+# GPT-2 124M -------------------------------------------------------------------
+
+
+def bench_gpt2(cfg, rt, peak, versions):
+    """GPT-2 124M (random init, block 1024) training tokens/s, eager and compiled, model.py next to
+    GPT2LMHeadModel (sdpa attention) with the same autocast, fused AdamW and clip; MFU of each against the
+    GPU's datasheet bf16 peak (None on a CPU) and against the matmul measured in this run."""
+    model_cfg = GPTConfig(vocab_size=cfg.gpt2_vocab_size, dropout=0.0, **GPT2_124M)
+    B, T = cfg.gpt2_batch_size, model_cfg.block_size
+    torch.manual_seed(cfg.seed)
+    x = torch.randint(model_cfg.vocab_size, (B, T), device=rt.device)
+    y = torch.randint(model_cfg.vocab_size, (B, T), device=rt.device)
+    peers = versions["transformers"] and cfg.peers
+    steps, compile_seconds = {}, {}
+    for mode in ("eager", "compiled") if cfg.gpt2_compile else ("eager",):
+        wrap = torch.compile if mode == "compiled" else (lambda m: m)
+        ours = GPT(model_cfg).to(rt.device)
+        steps[f"ours_{mode}"] = train_step(ours, lambda m, x, y, f=wrap(ours): lm_loss(f(x)[0], y), x, y, rt)
+        if peers:
+            hf = hf_gpt2(model_cfg, "sdpa").to(rt.device)
+            steps[f"transformers_{mode}"] = train_step(
+                hf, lambda m, x, y, f=wrap(hf): lm_loss(f(input_ids=x).logits, y), x, y, rt)
+    for name, step in steps.items():  # the first step compiles; timed here, outside the rates
+        t0 = time.perf_counter()
+        step()
+        sync()
+        compile_seconds[name] = time.perf_counter() - t0
+    rates = best_rates(steps, {k: B * T for k in steps}, cfg, cfg.gpt2_steps)
+    fpt = flops_per_token(ours, T)
+    gpu_peak = gpu_peak_flops(rt.device)
+    best_ours = max(v for k, v in rates.items() if k.startswith("ours"))
+    theirs = max((v for k, v in rates.items() if k.startswith("transformers")), default=None)
+    entry = {"ratio": best_ours / theirs if theirs else None,
+             **{f"{k}_tokens_per_s": v for k, v in rates.items()},
+             "mfu": fpt * best_ours / gpu_peak if gpu_peak else None,
+             "matmul_fraction": fpt * best_ours / peak["matmul_flops_per_s"],
+             "flops_per_token": fpt, "gpu_bf16_peak_flops_per_s": gpu_peak,
+             "matmul_flops_per_s": peak["matmul_flops_per_s"],
+             "first_step_seconds": compile_seconds,
+             "shape": f"{model_cfg.n_layer}x{model_cfg.n_embd}, vocab {model_cfg.vocab_size}, batch {B}x{T}",
+             "dtype": rt.dtype,
+             **({} if theirs else {"skipped": "transformers not installed (or --peers=false)"})}
+    return {"gpt2_124m": entry}
 
 
 # PPO --------------------------------------------------------------------------
@@ -594,27 +655,36 @@ def main(argv=None):
     unknown = set(cfg.sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown --sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
-    rt = setup_runtime("cpu", cfg.dtype, cfg.seed)
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device takes auto, cpu or cuda, got {cfg.device!r}")
+    rt = setup_runtime("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                       "cpu" if cfg.device == "auto" else cfg.device, cfg.dtype, cfg.seed)
+    sections = cfg.sections or tuple(s for s in SECTIONS if s != "gpt2" or rt.device_type == "cuda")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     versions = peer_versions() if cfg.peers else {"transformers": None, "trl": None}
-    results = {"device": f"{cpu_name()}, {torch.get_num_threads()} threads{', avx512_bf16' if cpu_has_bf16() else ''}",
+    cpu = f"{cpu_name()}, {torch.get_num_threads()} threads{', avx512_bf16' if cpu_has_bf16() else ''}"
+    results = {"device": torch.cuda.get_device_name(rt.device) if rt.device_type == "cuda" else cpu,
                "torch": torch.__version__, "dtype": rt.dtype, **versions}
     with contextlib.ExitStack() as stack:
         work = Path(cfg.work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_")))
         world, tok, prompts = prepare_world(cfg, work)  # its compact vocabulary sets the model's
-        model_cfg = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0)
-        peak = bench_matmul(cfg, rt) if {"matmul", "train"} & set(cfg.sections) else None
-        if "train" in cfg.sections:
+        if 0 < cfg.vocab_size < tok.vocab_size:
+            raise ConfigError(f"--vocab_size={cfg.vocab_size} is below the world's vocabulary ({tok.vocab_size})")
+        model_cfg = GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size or tok.vocab_size,
+                              n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0)
+        peak = bench_matmul(cfg, rt) if {"matmul", "train", "gpt2"} & set(sections) else None
+        if "train" in sections:
             results |= bench_train(cfg, rt, model_cfg, peak, versions)
-        if "sample" in cfg.sections:
+        if "sample" in sections:
             results |= bench_sample(cfg, rt, model_cfg, prompts[:cfg.sample_prompts], versions)
-        if "ppo" in cfg.sections:
+        if "ppo" in sections:
             results |= bench_ppo(cfg, rt, model_cfg, tok, world, work / "ppo_vs_trl", versions)
-        if "stages" in cfg.sections:
+        if "stages" in sections:
             results |= bench_stages(cfg, rt, tok, world, work / "stages")
-        if "matmul" in cfg.sections and "train" not in cfg.sections:
+        if "gpt2" in sections:
+            results |= bench_gpt2(cfg, rt, peak, versions)
+        if "matmul" in sections and "train" not in sections:
             results["matmul"] = peak
     path = Path(cfg.out)
     merged = json.loads(path.read_text()) if path.exists() else {}

@@ -6,6 +6,7 @@ their algorithm and little else.
                            --help), and one-line errors, not tracebacks, for mistakes a user can make
     setup_runtime          device, dtype, autocast and DDP, chosen once the same way in every stage
     configure_optimizer, set_lr, cosine_lr, optimizer_step, check_finite
+    flops_per_token, estimate_mfu   nanoGPT's FLOPs count, and its fraction of a GPU's bf16 peak
     MetricsLog             one JSONL line of metrics per logged step
     save_resume, load_resume, Interrupt
                            the one resume convention: --init_from=resume restores the model, the
@@ -273,16 +274,31 @@ def optimizer_step(model, optimizer, scaler, grad_clip, where):
     return norm.item()
 
 
-def estimate_mfu(model, tokens_per_second, device):
-    """Model FLOPs utilisation (PaLM appendix B: 6N + 12 L T d per token) against the GPU's bf16 peak."""
+def flops_per_token(model, seq_len):
+    """Training FLOPs per token as nanoGPT counts them (PaLM appendix B): 6N for the weights (N without the
+    position embeddings: a lookup, not a matmul) plus 12 L T d for attention over sequences of T tokens."""
+    cfg = unwrap(model).config
+    return 6 * unwrap(model).num_params() + 12 * cfg.n_layer * seq_len * cfg.n_embd
+
+
+# Dense bf16 tensor-core peaks from the datasheets (their sparse figures halved), the more specific names first
+GPU_BF16_PEAK = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H100": 989e12, "H200": 989e12,
+                 "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def gpu_peak_flops(device):
+    """The bf16 peak FLOP/s of a CUDA device from its name, None where unknown (or not CUDA)."""
     if not str(device).startswith("cuda"):
         return None
-    cfg = unwrap(model).config
-    flops_per_token = 6 * unwrap(model).num_params() + 12 * cfg.n_layer * cfg.block_size * cfg.n_embd
     name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12,
-                                "A10": 125e12, "4090": 165e12}.items() if k in name), None)
-    return None if peak is None else flops_per_token * tokens_per_second / peak
+    return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+
+
+def estimate_mfu(model, tokens_per_second, device, seq_len=None):
+    """Model FLOPs utilisation against the GPU's bf16 peak (None on a CPU or an unknown GPU)."""
+    peak = gpu_peak_flops(device)
+    seq_len = seq_len or unwrap(model).config.block_size
+    return None if peak is None else flops_per_token(model, seq_len) * tokens_per_second / peak
 
 
 class MetricsLog:

@@ -41,6 +41,7 @@ def test_own_side_measurements_and_schema(tmp_path):
                 "ppo_vs_trl", "stage_vs_bare", "device", "torch"):
         assert key in res, key
     assert res["torch"] == torch.__version__ and res["dtype"] == "float32"
+    assert "gpt2_124m" not in res  # GPT-2 124M is a GPU's section unless asked for
     for key, ours in (("train_vs_transformers", "ours_tokens_per_s"), ("sample_vs_transformers", "ours_tokens_per_s"),
                       ("ppo_vs_trl", "ours_episodes_per_s")):
         assert positive(res[key][ours]), key
@@ -61,6 +62,26 @@ def test_own_side_measurements_and_schema(tmp_path):
         script, bare = (e["script_tokens_per_s"], e["bare_tokens_per_s"]) if stage != "ppo" else \
             (e["script_episodes_per_s"], e["bare_episodes_per_s"])
         assert positive(script) and positive(bare) and e["fraction"] == pytest.approx(script / bare), stage
+
+
+def test_gpt2_section_at_a_tiny_shape_and_the_vocabulary_override(tmp_path, monkeypatch):
+    """The GPU recipe's section runs anywhere when asked (here its model shrunk): tokens/s, its fraction of the
+    measured matmul (MFU needs a GPU's datasheet peak: None on a CPU); --vocab_size widens the other sections'
+    model and refuses one narrower than the world's."""
+    monkeypatch.setattr(bench, "GPT2_124M", dict(n_layer=1, n_head=2, n_embd=32, block_size=32))
+    out = tmp_path / "bench.json"
+    args = dict(TINY, out=str(out), work_dir=str(tmp_path / "work"), peers=False)
+    res = bench.main(bench.BenchConfig(sections=("gpt2", "sample"), gpt2_batch_size=2, gpt2_steps=1,
+                                       gpt2_vocab_size=96, gpt2_compile=False, vocab_size=4000, **args))
+    g = res["gpt2_124m"]
+    assert positive(g["ours_eager_tokens_per_s"]) and g["mfu"] is None and g["ratio"] is None and "skipped" in g
+    assert g["shape"] == "1x32, vocab 96, batch 2x32"
+    assert g["flops_per_token"] == 6 * (96 * 32 + 12 * 32 * 32 + 13 * 32 + 2 * 32) + 12 * 32 * 32  # 6N + 12LTd
+    assert g["matmul_fraction"] == pytest.approx(g["flops_per_token"] * g["ours_eager_tokens_per_s"] /
+                                                 g["matmul_flops_per_s"])
+    assert positive(res["sample_vs_transformers"]["ours_tokens_per_s"])
+    with pytest.raises(bench.ConfigError, match="--vocab_size=8 is below the world's vocabulary"):
+        bench.main(bench.BenchConfig(sections=("sample",), vocab_size=8, **args))
 
 
 @pytest.mark.skipif(not HAVE_PEERS, reason="transformers / trl not installed (optional peers)")
