@@ -22,6 +22,7 @@ import inspect
 import json
 import math
 import os
+import re
 import signal
 import sys
 import types
@@ -281,17 +282,20 @@ def flops_per_token(model, seq_len):
     return 6 * unwrap(model).num_params() + 12 * cfg.n_layer * seq_len * cfg.n_embd
 
 
-# Dense bf16 tensor-core peaks from the datasheets (their sparse figures halved), the more specific names first
+# Dense bf16 tensor-core peaks from the datasheets (their sparse figures halved), matched as whole words of
+# the device's name, the more specific first ("NVIDIA H100 PCIe" is not an H100 SXM; "L4" is not "L40S")
 GPU_BF16_PEAK = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H100": 989e12, "H200": 989e12,
-                 "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+                 "A100": 312e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
 
 def gpu_peak_flops(device):
-    """The bf16 peak FLOP/s of a CUDA device from its name, None where unknown (or not CUDA)."""
-    if not str(device).startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in GPU_BF16_PEAK.items() if k in name), None)
+    """The bf16 peak FLOP/s of a CUDA device, None where unknown (or not CUDA)."""
+    return bf16_peak_of(torch.cuda.get_device_name(device)) if str(device).startswith("cuda") else None
+
+
+def bf16_peak_of(name):
+    """The bf16 peak FLOP/s of a GPU by its name ("NVIDIA H100 80GB HBM3"), None where unknown."""
+    return next((v for k, v in GPU_BF16_PEAK.items() if re.search(rf"\b{k}\b", name)), None)
 
 
 def estimate_mfu(model, tokens_per_second, device, seq_len=None):

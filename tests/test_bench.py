@@ -20,7 +20,7 @@ import model as M  # noqa: E402
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=2, warmup=1, repeats=1,
             matmul_size=128, extras=False, sample_prompts=4, sample_new_tokens=4, no_cache_lengths=(2, 4),
             ppo_iterations=1, ppo_batch_size=4, ppo_minibatch_size=2, ppo_epochs=1, ppo_new_tokens=4,
-            world_scale=0.02, stage_steps=4, dtype="float32")
+            world_scale=0.02, stage_steps=4, dtype="float32", device="cpu")
 HAVE_PEERS = all(importlib.util.find_spec(m) is not None for m in ("transformers", "trl", "datasets"))
 
 

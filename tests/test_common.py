@@ -137,3 +137,16 @@ def test_vocabulary_mismatch_names_the_fix(tmp_path):
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(err) == 1, r.stderr
     assert "not in the compact vocabulary" in err[0] and "--init_from=gpt2" in err[0] and "--mode=pretrain" in err[0]
+
+
+def test_flops_count_and_gpu_peaks_by_name():
+    """nanoGPT's FLOPs per token, by hand for a 1-layer model (N: wte 50x8 tied, block 12 d^2 + 13 d, ln_f 2 d;
+    no position embeddings), and the bf16 peak of a GPU matched by whole words of its name, specific first."""
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=8))
+    n = 50 * 8 + 12 * 8 * 8 + 13 * 8 + 2 * 8
+    assert C.flops_per_token(model, 16) == 6 * n + 12 * 1 * 16 * 8
+    assert C.estimate_mfu(model, 1e6, "cpu") is None
+    peaks = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H200": 989e12,
+             "NVIDIA H100 NVL": 835e12, "NVIDIA L40S": 362e12, "NVIDIA L4": 121e12, "NVIDIA A10G": None,
+             "NVIDIA A100-SXM4-80GB": 312e12, "Some New GPU": None}
+    assert {name: C.bf16_peak_of(name) for name in peaks} == peaks

@@ -18,6 +18,15 @@ DEVICE = "cuda"
 V, T = 512, 128
 
 
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """fp32 means fp32 here: a CUDA run of setup_runtime turns TF32 matmuls on for the process."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def gpt(seed=0):
     torch.manual_seed(seed)
     return M.GPT(M.GPTConfig(block_size=T, vocab_size=V, n_layer=2, n_head=4, n_embd=128, dropout=0.0)).to(DEVICE)
