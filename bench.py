@@ -22,7 +22,7 @@ best time, so that a slow moment of a shared machine hurts neither side alone.
             vs model.generate without the cache at several lengths
     ppo     ppo.py's iteration vs TRL's PPOTrainer (episodes/s) at equal sizes and settings
     stages  pretrain, sft, reward and ppo run briefly by their own main() on a small synthetic world: the
-            training tokens/s of the script over that of a bare loop of the same step
+            training tokens/s of the script over that of a bare loop of the same step (taking turns too)
     gpt2    (CUDA by default) GPT-2 124M from random weights, block 1024, trained as the GPU recipe does
             (bf16 autocast, SDPA's flash kernel, fused AdamW, torch.compile): tokens/s and MFU against the
             GPU's datasheet bf16 peak, next to GPT2LMHeadModel with the same settings
@@ -198,9 +198,9 @@ def bench_train(cfg, rt, model_cfg, peak, versions):
     steps = {"ours": train_step(ours, lambda m, x, y: lm_loss(m(x)[0], y), x, y, rt)}
     if versions["transformers"] and cfg.peers:
         for attn in ("sdpa", "eager"):
-            steps[f"transformers_{attn}"] = train_step(hf_gpt2(model_cfg, attn).to(rt.device),
-                                                       lambda m, x, y: lm_loss(m(input_ids=x, use_cache=False).logits, y),
-                                                       x, y, rt)
+            steps[f"transformers_{attn}"] = train_step(
+                hf_gpt2(model_cfg, attn).to(rt.device),
+                lambda m, x, y: lm_loss(m(input_ids=x, use_cache=False).logits, y), x, y, rt)
     rates = best_rates(steps, {k: B * T for k in steps}, cfg, cfg.steps)
     theirs = max((v for k, v in rates.items() if k != "ours"), default=None)
     fpt = flops_per_token(ours, T)
@@ -533,11 +533,24 @@ def bare_rate(step, batches, warmup=1):
     return sum(b[-1] for b in batches[warmup:-1]) / (time.perf_counter() - t0)
 
 
+def take_turns(cfg, script, bare):
+    """(best rate of script, best rate of bare): an untimed bare pass first, so that both sides find the kernels
+    for every batch shape already made (a fresh shape costs oneDNN a first call several times slower; in a real
+    run of many epochs that cost is paid once per shape); then they take turns cfg.repeats times, as the
+    sides of the other sections do. script(r) runs the stage's main() for the r-th time and returns its rate."""
+    bare()
+    rates = [(script(r), bare()) for r in range(cfg.repeats)]
+    return max(s for s, _ in rates), max(b for _, b in rates)
+
+
+def run_dir(work, name, r):
+    """The out_dir of a stage's r-th run: the first keeps the plain name (the next stage starts from it)."""
+    return str(work / (name if r == 0 else f"{name}_{r}"))
+
+
 def bench_stages(cfg, rt, tok, world, work):
     """Each stage's main() on the world for cfg.stage_steps steps vs a bare loop of the same step on the same
-    batches. An untimed bare pass comes first, so that both sides find the kernels for every batch shape
-    already made (a fresh shape costs oneDNN a first call several times slower; in a real run of many epochs
-    that cost is paid once per shape)."""
+    batches, taking turns (take_turns)."""
     out, n = {}, cfg.stage_steps
     common_args = dict(data_dir=str(world), device=rt.device, dtype=rt.dtype, seed=cfg.seed)
     model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
@@ -562,10 +575,12 @@ def bench_stages(cfg, rt, tok, world, work):
                 loss = sft.lm_loss_sum(model(x.to(rt.device))[0], y.to(rt.device))
             (loss / (y != -1).sum()).backward()
             optimizer_step(model, opt, rt.grad_scaler(), scfg.grad_clip, "")
-        bare_rate(step, batches)  # warm-up pass
-        with step_clock(sft, "lm_loss_sum", lambda logits, y: logits.shape[0] * logits.shape[1]) as calls:
-            sft.main(scfg)
-        out[mode] = stage_entry(steady_rate(calls), bare_rate(step, batches), logged_rate(scfg.out_dir), len(calls))
+        def script(r, scfg=scfg, mode=mode):
+            with step_clock(sft, "lm_loss_sum", lambda logits, y: logits.shape[0] * logits.shape[1]) as calls:
+                sft.main(dataclasses.replace(scfg, out_dir=run_dir(work, mode, r)))
+            return steady_rate(calls)
+        rates = take_turns(cfg, script, lambda step=step, batches=batches: bare_rate(step, batches))
+        out[mode] = stage_entry(*rates, logged_rate(scfg.out_dir), n)
 
     # reward: the K responses of each prompt in one forward, eq. 1 over all pairs
     rcfg = reward.RewardConfig(init_from=str(work / "sft" / "sft.pt"), out_dir=str(work / "reward"), max_steps=n,
@@ -586,19 +601,20 @@ def bench_stages(cfg, rt, tok, world, work):
         rewards = reward.pad_rewards(last_token_scores(model, seqs, rt.autocast), k)
         reward.ranking_loss(rewards, k.to(rewards.device)).backward()
         optimizer_step(model, opt, rt.grad_scaler(), rcfg.grad_clip, "")
-    bare_rate(reward_step, batches)
-    with step_clock(reward, "last_token_scores", lambda model, seqs, *a: sum(len(s) for s in seqs)) as calls:
-        reward.main(rcfg)
-    out["reward"] = stage_entry(steady_rate(calls), bare_rate(reward_step, batches), logged_rate(rcfg.out_dir),
-                                len(calls))
+    def reward_script(r):
+        with step_clock(reward, "last_token_scores", lambda model, seqs, *a: sum(len(s) for s in seqs)) as calls:
+            reward.main(dataclasses.replace(rcfg, out_dir=run_dir(work, "reward", r)))
+        return steady_rate(calls)
+    rates = take_turns(cfg, reward_script, lambda: bare_rate(reward_step, batches))
+    out["reward"] = stage_entry(*rates, logged_rate(rcfg.out_dir), n)
 
     # ppo (PPO-ptx, the pipeline's InstructGPT run, with the world's judge): episodes/s
     random_ppo_models(cfg, GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
                                      n_head=cfg.n_head, n_embd=cfg.n_embd), tok, work)
     pcfg = ppo_config(cfg, rt, work, world, out_dir=str(work / "ppo"))
-    bare_ppo_rate(pcfg, rt)
-    script, _ = ppo_script_rate(pcfg)
-    bare, _ = bare_ppo_rate(pcfg, rt)
+    script, bare = take_turns(
+        cfg, lambda r: ppo_script_rate(dataclasses.replace(pcfg, out_dir=run_dir(work, "ppo", r)))[0],
+        lambda: bare_ppo_rate(pcfg, rt)[0])
     out["ppo"] = {"fraction": script / bare, "script_episodes_per_s": script, "bare_episodes_per_s": bare,
                   "iterations": pcfg.iterations}
     return {"stage_vs_bare": out}
