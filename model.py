@@ -70,15 +70,23 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0):
     softmax(q k^T / sqrt(hs)) v over q (B, nh, T, hs) and k, v (B, nh, S, hs). attn_mask (B, 1, T, S) bool,
     True where a query may look, or None for plain causal attention (T == S: unpadded or right-padded rows).
     F.scaled_dot_product_attention's fused kernels never write out the (T, S) matrix: on CUDA, mask None
-    gets the flash kernel, a mask the memory-efficient one. On a CPU, for this project's small heads, they
-    are slower than the explicit lines below in bf16 training and wherever there is a mask (measured on a
-    2-core EPYC with head size 32, torch 2.13: attention of a bf16 training step 1.3x, of a decode step 4x,
-    of a PPO minibatch 4x faster explicit), so those cases take the explicit path; the rest stay with SDPA.
+    gets the flash kernel, a mask the memory-efficient one. On a CPU in bf16 and for short sequences, they are
+    slower than the explicit lines below in training and wherever there is a mask (measured on a 2-core EPYC
+    with avx512_bf16, torch 2.13, forward and backward: head size 32 or 64, T = 96-256, explicit 1.2-3.5x
+    faster; a decode step 3-5x), so those cases take the explicit path. Past T x S = 512 x 512 (GPT-2's
+    1024-token blocks) and in fp32 SDPA is as fast or faster (up to 4x for a masked fp32 forward), so the
+    rest stay with SDPA.
     """
-    cpu = q.device.type == "cpu"
-    if not (cpu and (attn_mask is not None or (q.dtype == torch.bfloat16 and torch.is_grad_enabled()))):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                              dropout_p=dropout_p)
+    explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) * k.size(-2) < 512 * 512
+                and (attn_mask is not None or torch.is_grad_enabled()))
+    if explicit:
+        return explicit_attention(q, k, v, attn_mask, dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                          dropout_p=dropout_p)
+
+
+def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0):
+    """What SDPA computes, written out: the (B, nh, T, S) scores, masked, softmax, times v."""
     if attn_mask is None:
         attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))

@@ -99,8 +99,8 @@ def test_peer_comparisons(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("masked", [False, True])
 def test_explicit_attention_equals_sdpa(dtype, masked):
-    """model.attention's explicit path (a CPU with a mask, or bf16 training) computes what SDPA computes, values
-    and gradients, for causal and for padded masks."""
+    """model.explicit_attention (which model.attention takes on a CPU in bf16 for short sequences) computes
+    what SDPA computes, values and gradients, for causal and for padded masks."""
     torch.manual_seed(0)
     B, nh, T, hs = 3, 2, 7, 8
     q, k, v = (torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -110,7 +110,7 @@ def test_explicit_attention_equals_sdpa(dtype, masked):
         keys[0, :3] = False  # a left-padded row
         mask = (torch.ones(T, T, dtype=torch.bool).tril()[None] & keys[:, None, :]) | torch.eye(T, dtype=torch.bool)
         mask = mask[:, None]
-    y = M.attention(q, k, v, mask)
+    y = M.explicit_attention(q, k, v, mask)
     g = torch.autograd.grad(y.float().sum(), (q, k, v))
     y_ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
     g_ref = torch.autograd.grad(y_ref.float().sum(), (q, k, v))
@@ -118,3 +118,26 @@ def test_explicit_attention_equals_sdpa(dtype, masked):
     torch.testing.assert_close(y, y_ref, **tol)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("dtype,T,masked,grad,explicit", [
+    (torch.bfloat16, 64, False, True, True),     # bf16 training, short: explicit
+    (torch.bfloat16, 64, True, False, True),     # bf16 with a mask (a padded forward, a decode step): explicit
+    (torch.bfloat16, 64, False, False, False),   # bf16 inference without a mask: SDPA
+    (torch.bfloat16, 512, False, True, False),   # T x S = 512 x 512: SDPA
+    (torch.float32, 64, True, True, False),      # fp32: SDPA, mask or not
+    (torch.float32, 64, False, True, False),
+])
+def test_attention_takes_the_measured_faster_path_on_a_cpu(dtype, T, masked, grad, explicit):
+    """model.attention's choice between the explicit path and SDPA, seen in its output: bitwise one or the other."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, T, 8, dtype=dtype) for _ in range(3))
+    mask = torch.ones(1, 1, T, T, dtype=torch.bool).tril() if masked else None
+    with torch.set_grad_enabled(grad):
+        y = M.attention(q, k, v, mask)
+        want = M.explicit_attention(q, k, v, mask) if explicit else torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None)
+        other = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None) \
+            if explicit else M.explicit_attention(q, k, v, mask)
+    assert torch.equal(y, want)
+    assert not torch.equal(y, other)  # the two paths differ in their last bits, so the choice shows
