@@ -534,13 +534,14 @@ def bare_rate(step, batches, warmup=1):
 
 
 def take_turns(cfg, script, bare):
-    """(best rate of script, best rate of bare): an untimed bare pass first, so that both sides find the kernels
-    for every batch shape already made (a fresh shape costs oneDNN a first call several times slower; in a real
-    run of many epochs that cost is paid once per shape); then they take turns cfg.repeats times, as the
-    sides of the other sections do. script(r) runs the stage's main() for the r-th time and returns its rate."""
+    """(the best of script's results, the best rate of bare): an untimed bare pass first, so that both sides find
+    the kernels for every batch shape already made (a fresh shape costs oneDNN a first call several times slower;
+    in a real run of many epochs that cost is paid once per shape); then they take turns cfg.repeats times, as
+    the sides of the other sections do. script(r) runs the stage's main() for the r-th time and returns its
+    rate first (then what else that run reports)."""
     bare()
-    rates = [(script(r), bare()) for r in range(cfg.repeats)]
-    return max(s for s, _ in rates), max(b for _, b in rates)
+    runs = [(script(r), bare()) for r in range(cfg.repeats)]
+    return max((s for s, _ in runs), key=lambda s: s[0]), max(b for _, b in runs)
 
 
 def run_dir(work, name, r):
@@ -578,9 +579,10 @@ def bench_stages(cfg, rt, tok, world, work):
         def script(r, scfg=scfg, mode=mode):
             with step_clock(sft, "lm_loss_sum", lambda logits, y: logits.shape[0] * logits.shape[1]) as calls:
                 sft.main(dataclasses.replace(scfg, out_dir=run_dir(work, mode, r)))
-            return steady_rate(calls)
-        rates = take_turns(cfg, script, lambda step=step, batches=batches: bare_rate(step, batches))
-        out[mode] = stage_entry(*rates, logged_rate(scfg.out_dir), n)
+            return steady_rate(calls), logged_rate(run_dir(work, mode, r)), len(calls)
+        (rate, logged, steps), bare = take_turns(cfg, script,
+                                                 lambda step=step, batches=batches: bare_rate(step, batches))
+        out[mode] = stage_entry(rate, bare, logged, steps)
 
     # reward: the K responses of each prompt in one forward, eq. 1 over all pairs
     rcfg = reward.RewardConfig(init_from=str(work / "sft" / "sft.pt"), out_dir=str(work / "reward"), max_steps=n,
@@ -604,16 +606,16 @@ def bench_stages(cfg, rt, tok, world, work):
     def reward_script(r):
         with step_clock(reward, "last_token_scores", lambda model, seqs, *a: sum(len(s) for s in seqs)) as calls:
             reward.main(dataclasses.replace(rcfg, out_dir=run_dir(work, "reward", r)))
-        return steady_rate(calls)
-    rates = take_turns(cfg, reward_script, lambda: bare_rate(reward_step, batches))
-    out["reward"] = stage_entry(*rates, logged_rate(rcfg.out_dir), n)
+        return steady_rate(calls), logged_rate(run_dir(work, "reward", r)), len(calls)
+    (rate, logged, steps), bare = take_turns(cfg, reward_script, lambda: bare_rate(reward_step, batches))
+    out["reward"] = stage_entry(rate, bare, logged, steps)
 
     # ppo (PPO-ptx, the pipeline's InstructGPT run, with the world's judge): episodes/s
     random_ppo_models(cfg, GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
                                      n_head=cfg.n_head, n_embd=cfg.n_embd), tok, work)
     pcfg = ppo_config(cfg, rt, work, world, out_dir=str(work / "ppo"))
-    script, bare = take_turns(
-        cfg, lambda r: ppo_script_rate(dataclasses.replace(pcfg, out_dir=run_dir(work, "ppo", r)))[0],
+    (script, _), bare = take_turns(
+        cfg, lambda r: ppo_script_rate(dataclasses.replace(pcfg, out_dir=run_dir(work, "ppo", r))),
         lambda: bare_ppo_rate(pcfg, rt)[0])
     out["ppo"] = {"fraction": script / bare, "script_episodes_per_s": script, "bare_episodes_per_s": bare,
                   "iterations": pcfg.iterations}

@@ -73,9 +73,9 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0):
     gets the flash kernel, a mask the memory-efficient one. On a CPU in bf16 and for short sequences, they are
     slower than the explicit lines below in training and wherever there is a mask (measured on a 2-core EPYC
     with avx512_bf16, torch 2.13, forward and backward: head size 32 or 64, T = 96-256, explicit 1.2-3.5x
-    faster; a decode step 3-5x), so those cases take the explicit path. Past T x S = 512 x 512 (GPT-2's
-    1024-token blocks) and in fp32 SDPA is as fast or faster (up to 4x for a masked fp32 forward), so the
-    rest stay with SDPA.
+    faster; a decode step 3-5x), so those cases take the explicit path. At T = 512 the two were about even
+    (0.5-1.3x either way), at GPT-2's T = 1024 SDPA 1.6-3x faster, and in fp32 SDPA as fast or faster (up to
+    4x for a masked forward): from T x S = 512 x 512 on, and in fp32, SDPA it is.
     """
     explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) * k.size(-2) < 512 * 512
                 and (attn_mask is not None or torch.is_grad_enabled()))

@@ -34,8 +34,10 @@ def positive(x):
 def test_own_side_measurements_and_schema(tmp_path):
     out = tmp_path / "bench.json"
     out.write_text(json.dumps({"from_an_earlier_run": 1}))
-    bench.main(bench.BenchConfig(out=str(out), work_dir=str(tmp_path / "work"), peers=False, **TINY))
+    bench.main(bench.BenchConfig(out=str(out), work_dir=str(tmp_path / "work"), peers=False, **{**TINY, "repeats": 2}))
     res = json.loads(out.read_text())
+    for stage in ("pretrain", "sft", "reward", "ppo"):  # each stage's second turn ran in its own folder
+        assert (tmp_path / "work" / "stages" / f"{stage}_1").is_dir(), stage
     assert res["from_an_earlier_run"] == 1  # merged, not overwritten
     for key in ("train_vs_transformers", "matmul_peak_fraction", "sample_vs_transformers", "sample_vs_no_cache",
                 "ppo_vs_trl", "stage_vs_bare", "device", "torch"):
@@ -97,19 +99,24 @@ def test_peer_comparisons(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("masked", [False, True])
-def test_explicit_attention_equals_sdpa(dtype, masked):
+@pytest.mark.parametrize("case", ["causal", "padded", "decode", "chunk"])
+def test_explicit_attention_equals_sdpa(dtype, case):
     """model.explicit_attention (which model.attention takes on a CPU in bf16 for short sequences) computes
-    what SDPA computes, values and gradients, for causal and for padded masks."""
+    what SDPA computes, values and gradients: causal (no mask), a left-padded batch, a decoding step (one query
+    over a cache of S keys) and a chunk of 3 queries after 4 cached positions (T < S, a shifted causal mask)."""
     torch.manual_seed(0)
-    B, nh, T, hs = 3, 2, 7, 8
-    q, k, v = (torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True) for _ in range(3))
+    B, nh, S, hs = 3, 2, 7, 8
+    T = {"causal": S, "padded": S, "decode": 1, "chunk": 3}[case]
+    q = torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, nh, S, hs, dtype=dtype, requires_grad=True) for _ in range(2))
     mask = None
-    if masked:
-        keys = torch.ones(B, T, dtype=torch.bool)
+    if case != "causal":
+        past = S - T
+        keys = torch.ones(B, S, dtype=torch.bool)
         keys[0, :3] = False  # a left-padded row
-        mask = (torch.ones(T, T, dtype=torch.bool).tril()[None] & keys[:, None, :]) | torch.eye(T, dtype=torch.bool)
-        mask = mask[:, None]
+        causal = torch.ones(T, S, dtype=torch.bool).tril(diagonal=past)
+        itself = torch.arange(past, S)[:, None] == torch.arange(S)[None, :]
+        mask = ((causal[None] & keys[:, None, :]) | itself[None])[:, None]  # (B, 1, T, S), as GPT.forward builds it
     y = M.explicit_attention(q, k, v, mask)
     g = torch.autograd.grad(y.float().sum(), (q, k, v))
     y_ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
@@ -125,6 +132,7 @@ def test_explicit_attention_equals_sdpa(dtype, masked):
     (torch.bfloat16, 64, True, False, True),     # bf16 with a mask (a padded forward, a decode step): explicit
     (torch.bfloat16, 64, False, False, False),   # bf16 inference without a mask: SDPA
     (torch.bfloat16, 512, False, True, False),   # T x S = 512 x 512: SDPA
+    (torch.bfloat16, 512, True, False, False),   # ... with a mask too
     (torch.float32, 64, True, True, False),      # fp32: SDPA, mask or not
     (torch.float32, 64, False, True, False),
 ])
