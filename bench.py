@@ -544,6 +544,14 @@ def take_turns(cfg, script, bare):
     return max((s for s, _ in runs), key=lambda s: s[0]), max(b for _, b in runs)
 
 
+def clocked_run(module, name, tokens_of, run_cfg):
+    """module.main(run_cfg) with module.name clocked (step_clock): (its steady tokens/s, the tokens/s it logged,
+    its training steps)."""
+    with step_clock(module, name, tokens_of) as calls:
+        module.main(run_cfg)
+    return steady_rate(calls), logged_rate(run_cfg.out_dir), len(calls)
+
+
 def run_dir(work, name, r):
     """The out_dir of a stage's r-th run: the first keeps the plain name (the next stage starts from it)."""
     return str(work / (name if r == 0 else f"{name}_{r}"))
@@ -577,9 +585,8 @@ def bench_stages(cfg, rt, tok, world, work):
             (loss / (y != -1).sum()).backward()
             optimizer_step(model, opt, rt.grad_scaler(), scfg.grad_clip, "")
         def script(r, scfg=scfg, mode=mode):
-            with step_clock(sft, "lm_loss_sum", lambda logits, y: logits.shape[0] * logits.shape[1]) as calls:
-                sft.main(dataclasses.replace(scfg, out_dir=run_dir(work, mode, r)))
-            return steady_rate(calls), logged_rate(run_dir(work, mode, r)), len(calls)
+            return clocked_run(sft, "lm_loss_sum", lambda logits, y: logits.shape[0] * logits.shape[1],
+                               dataclasses.replace(scfg, out_dir=run_dir(work, mode, r)))
         (rate, logged, steps), bare = take_turns(cfg, script,
                                                  lambda step=step, batches=batches: bare_rate(step, batches))
         out[mode] = stage_entry(rate, bare, logged, steps)
@@ -604,9 +611,8 @@ def bench_stages(cfg, rt, tok, world, work):
         reward.ranking_loss(rewards, k.to(rewards.device)).backward()
         optimizer_step(model, opt, rt.grad_scaler(), rcfg.grad_clip, "")
     def reward_script(r):
-        with step_clock(reward, "last_token_scores", lambda model, seqs, *a: sum(len(s) for s in seqs)) as calls:
-            reward.main(dataclasses.replace(rcfg, out_dir=run_dir(work, "reward", r)))
-        return steady_rate(calls), logged_rate(run_dir(work, "reward", r)), len(calls)
+        return clocked_run(reward, "last_token_scores", lambda model, seqs, *a: sum(len(s) for s in seqs),
+                           dataclasses.replace(rcfg, out_dir=run_dir(work, "reward", r)))
     (rate, logged, steps), bare = take_turns(cfg, reward_script, lambda: bare_rate(reward_step, batches))
     out["reward"] = stage_entry(rate, bare, logged, steps)
 
