@@ -13,10 +13,10 @@ reference start from the SFT checkpoint; the value model starts from the reward 
 
 Tiny run on a CPU (after `python sft.py` and `python reward.py` on the synthetic default):
 
-    python ppo.py                       # PPO-ptx -> out/ppo/ppo.pt, out/ppo/metrics.jsonl
-    python ppo.py --ptx_coef=0 --out_dir=out/ppo_ptx0      # plain PPO
-    python ppo.py --init_from=resume    # continue an interrupted run from out/ppo/resume.pt
-    python ppo.py --oracle_scale=6 --out_dir=out/ppo_oracle  # the judge's gold score as the reward: what the RM costs
+    python ppo.py                                   # PPO-ptx -> out/ppo_ptx/ppo.pt, out/ppo_ptx/metrics.jsonl
+    python ppo.py --ptx_coef=0 --out_dir=out/ppo    # plain PPO
+    python ppo.py --init_from=resume                # continue an interrupted run from out/ppo_ptx/resume.pt
+    python ppo.py --oracle_scale=6 --out_dir=out/ppo_oracle  # the judge's gold score as the reward
 
 On GPUs (bf16, fused attention; each rank samples its share of every batch):
 
@@ -35,13 +35,40 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from common import (ConfigError, Interrupt, MetricsLog, check_finite, configure_optimizer, load_lm, load_resume,
-                    optimizer_step, parse_config, run, save_resume, set_lr, setup_runtime, vocabulary_of)
+from common import (
+    ConfigError,
+    Interrupt,
+    MetricsLog,
+    check_finite,
+    configure_optimizer,
+    load_lm,
+    load_resume,
+    optimizer_step,
+    parse_config,
+    run,
+    save_resume,
+    set_lr,
+    setup_runtime,
+    vocabulary_of,
+)
 from data import load_judge
 from data.formats import read_split
-from data.loader import encode_prompt, fitting, generate_responses, load_split, random_windows
-from model import (CheckpointError, generate, load_checkpoint, load_model, response_logprobs, save_checkpoint,
-                   score_sequences)
+from data.loader import (
+    encode_prompt,
+    fitting,
+    generate_responses,
+    load_split,
+    random_windows,
+)
+from model import (
+    CheckpointError,
+    generate,
+    load_checkpoint,
+    load_model,
+    response_logprobs,
+    save_checkpoint,
+    score_sequences,
+)
 
 
 @dataclass
@@ -51,14 +78,13 @@ class PPOConfig:
     init_from: str = "out/sft/sft.pt"  # SFT checkpoint: the policy and the frozen reference | resume
     reward_model: str = "out/reward/reward.pt"  # the frozen reward model; the value model starts as a copy
     # The oracle (diagnosis, on data with a judge): the data's noiseless gold score in [0, 1] as the reward, the
-    # "gold RM" of Gao et al. 2022, to measure what the RM's blind spots cost PPO. A perfect answer scores 0 and
-    # SFT's samples -0.8 on average (the RM gives them +0.1), so the value model, which starts from the RM, need
-    # not learn a large offset; 6 puts the synthetic world's gold (std 0.16 over SFT's samples) on the RM's
-    # scale (std 1 there), so that beta means the same. The judge already scores a response that does not stop
-    # (0.5-0.7 gold), so no_eos_penalty does not apply; the log's rm_score is then the oracle's score.
+    # "gold RM" of Gao et al. 2022, to measure what the RM's blind spots cost PPO. gold - 1 puts a perfect answer
+    # at 0, near where the normalised RM puts SFT's samples, so the value model (the RM's copy) needs no large
+    # offset; the scale brings gold's spread to the RM's unit std, so that beta means the same. The judge scores
+    # a response that does not stop itself, so no_eos_penalty does not apply; the log's rm_score is the oracle's.
     oracle_scale: float = 0.0  # > 0: score with oracle_scale * (gold - 1) instead of the reward model
     data_dir: str = "data/synthetic"  # prompts_train.jsonl (rollouts), pretrain_train.jsonl (ptx)
-    out_dir: str = "out/ppo"  # ppo.pt (the policy), resume.pt, metrics.jsonl
+    out_dir: str = "out/ppo_ptx"  # ppo.pt (the policy), resume.pt, metrics.jsonl (plain PPO: pass out/ppo)
     # rollouts
     iterations: int = 60  # PPO iterations; each samples batch_size episodes, then updates
     batch_size: int = 64  # episodes (prompt + sampled response) per iteration, all ranks (paper: 512)
@@ -83,10 +109,9 @@ class PPOConfig:
     warmup_iters: int = 10  # linear learning-rate warmup, in iterations
     weight_decay: float = 0.0  # AdamW decay; none, so that nothing but the KL pulls the policy anywhere
     grad_clip: float = 1.0  # gradient norm clip, policy and value model each
-    # PPO-ptx, eq. 2's gamma term; 0 = plain PPO. The paper's 27.8 (8 pretraining examples per episode) is for
-    # a 175B model's PPO gradient. Here SFT has forgotten the pretraining text (LM loss ~1 -> ~7), so the ptx
-    # gradient starts large: at 1.0 it was 8x the PPO gradient (ptx_grad_ratio in metrics.jsonl) and PPO-ptx lost
-    # lists on validation prompts; at 0.2 it starts near 1.8x, falls below 0.5x, and still halves the LM loss.
+    # PPO-ptx, eq. 2's gamma term; 0 = plain PPO. The paper's 27.8 is for a 175B model's PPO gradient. Here SFT
+    # has forgotten most of the pretraining text, so the ptx gradient starts large and a large coefficient swamps
+    # the PPO step (watch ptx_grad_ratio in metrics.jsonl; the trials: docs/experiments.md).
     ptx_coef: float = 0.2  # gamma_ptx: weight of the pretraining LM loss in each policy update
     ptx_batch_size: int = 8  # pretraining windows per minibatch, all ranks (paper: 8 per episode)
     ptx_seq_len: int = 128  # tokens per pretraining window; 0: the model's block_size
@@ -97,7 +122,7 @@ class PPOConfig:
     ckpt_interval: int = 20  # write ppo.pt and resume.pt every this many iterations
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, fp16 on older GPUs, else fp32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (bf16 on CUDA or a native-bf16 CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
     seed: int = 1337  # prompts, samples and ptx windows are functions of (seed, iteration)
 
 
@@ -319,6 +344,137 @@ def evaluate(policy, ref_policy, tok, cfg, reward_fn, judge, autocast=None):
 
 
 # -----------------------------------------------------------------------------
+# One PPO iteration, step by step (the numbers are main's)
+
+
+def rollout(policy, split, keep, cfg, rt, it, eos_id):
+    """1. This rank's share of a global batch of prompts, one pure sample each (temperature 1, no top-k).
+    Prompts and samples are functions of (seed, iteration, row) alone, so a resumed run and N ranks draw
+    exactly what one uninterrupted process does. Returns generate's batch plus the prompts and their ids."""
+    rows = np.arange(rt.rank, cfg.batch_size, rt.world_size)
+    prompt_ids = keep[np.random.default_rng([cfg.seed, it]).integers(len(keep), size=cfg.batch_size)[rows]]
+    prompts = [split.prompts[i].tolist() for i in prompt_ids]
+    batch = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, eos_id=eos_id,
+                     seeds=[seed_of(cfg.seed, it, r) for r in rows], autocast=rt.autocast)
+    return batch | {"prompt_ids": prompt_ids, "prompts": prompts}
+
+
+def score_rollouts(batch, texts, cfg, reward_fn, judge=None, prompt_texts=None):
+    """2. Score each response: the RM reads prompt + response at its EOS, and a response cut off without EOS
+    gets the fixed no_eos_penalty instead (the RM never saw such answers). Or the oracle: the judge's gold
+    score of the text, cut-off answers included, since it scores those itself. Returns (rm_scores, scores),
+    (B,) each: what the RM (or oracle) said, and what PPO optimises."""
+    device = batch["response_mask"].device
+    if cfg.oracle_scale > 0:
+        gold = judge.gold([prompt_texts[i] for i in batch["prompt_ids"]], texts, batch["ended"].tolist())
+        rm_scores = cfg.oracle_scale * (torch.tensor(gold, dtype=torch.float32, device=device) - 1)
+    else:
+        rm_scores = torch.as_tensor(reward_fn(batch["prompts"], batch["response_lists"])).float().to(device)
+    scores = rm_scores.clone()
+    if cfg.no_eos_penalty is not None and cfg.oracle_scale == 0:
+        scores[~batch["ended"]] = cfg.no_eos_penalty
+    return rm_scores, scores
+
+
+@torch.no_grad()
+def rollout_logprobs(policy, ref_policy, value_model, batch, cfg, rt):
+    """3. Logprobs of the sampled tokens under the policy and the frozen SFT reference, the policy's entropy,
+    and the values: one forward each over prompt + response, with exactly the masks and positions that
+    training uses. Returns (logprobs, entropy, ref_logprobs, values), each (B, T)."""
+    P, chunk = batch["prompt_len"], cfg.minibatch_size // rt.world_size
+    with rt.autocast():
+        logprobs, entropy = in_chunks(lambda s, a: response_logprobs(policy, s, a, P, cfg.temperature, True),
+                                      batch, chunk)
+        ref_logprobs = in_chunks(lambda s, a: response_logprobs(ref_policy, s, a, P, cfg.temperature), batch, chunk)
+        values = in_chunks(lambda s, a: response_values(value_model, s, a, P), batch, chunk)
+    return logprobs, entropy, ref_logprobs, values * batch["response_mask"]
+
+
+def compute_advantages(scores, logprobs, ref_logprobs, values, mask, kl_coef, gamma=1.0, lam=0.95):
+    """4.-6. The KL-shaped per-token rewards of eq. 2 (against the frozen reference), GAE over the response
+    tokens, and the advantages whitened over every real token of the global batch. (B,) scores and (B, T)
+    tensors in; (advantages, returns) out, (B, T) each."""
+    rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    return whiten(advantages, mask), returns
+
+
+def ppo_update(b, nets, optimizers, scaler, cfg, rt, it, ptx_stream=None, ptx_len=0):
+    """
+    7. PPO epochs over reshuffled minibatches of the rollout b: the clipped surrogate (with 8., the ptx
+    term) and the clipped value loss, each network its own optimizer step. Token means are over the global
+    minibatch, so N ranks step exactly as one process would on the whole batch. nets: (policy, its DDP
+    wrapper, value model, its DDP wrapper). Returns each statistic's values over the minibatches.
+    """
+    policy, train_policy, value_model, train_value = nets
+    B, mbs, W, P = b["seqs"].size(0), cfg.minibatch_size // rt.world_size, rt.world_size, b["prompt_len"]
+    where = f"at iteration {it}"
+    tensors = ("seqs", "attention_mask", "response_mask", "logprobs", "values", "advantages", "returns")
+    stats = {k: [] for k in ("pg_loss", "vf_loss", "ptx_loss", "ptx_grad_ratio", "approx_kl", "clipfrac")}
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=torch.Generator().manual_seed(seed_of(cfg.seed, it, epoch, rt.rank)))
+        for mb_index, first in enumerate(range(0, B, mbs)):
+            mb = {k: b[k][order[first:first + mbs].to(b[k].device)] for k in tensors} | {"prompt_len": P}
+            n_tokens = rt.sum(mb["response_mask"].sum().item()) / W
+            # 8. ptx: gamma_ptx * the LM loss on this rank's share of fresh pretraining windows
+            ptx = None
+            if ptx_stream is not None:
+                x, y = random_windows(ptx_stream, cfg.ptx_batch_size, ptx_len, [cfg.seed, it, epoch, mb_index])
+                ptx = (x[rt.rank::W].to(rt.device), y[rt.rank::W].to(rt.device))
+            pg_loss, lm_loss, new_logprobs, ptx_ratio = policy_backward(train_policy, mb, cfg, n_tokens, ptx,
+                                                                        rt.autocast, scaler, where)
+            optimizer_step(policy, optimizers["policy"], scaler, cfg.grad_clip, where)
+            with rt.autocast():
+                new_values = response_values(train_value, mb["seqs"], mb["attention_mask"], P)
+            vf_loss = value_loss(new_values, mb["values"], mb["returns"], mb["response_mask"], cfg.vf_clip_eps,
+                                 n_tokens)
+            check_finite(vf_loss, "the value loss", where)
+            scaler.scale(vf_loss).backward()
+            optimizer_step(value_model, optimizers["value"], scaler, cfg.grad_clip, where)
+            for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss.detach()), ("ptx_loss", lm_loss),
+                         ("ptx_grad_ratio", ptx_ratio),
+                         *policy_stats(new_logprobs, mb["logprobs"], mb["response_mask"], cfg.clip_eps).items()):
+                if v is not None:
+                    stats[k].append(float(v))
+    return stats
+
+
+def save_run(cfg, rt, iteration, policy, value_model, tok, optimizers, kl_coef):
+    """resume.pt (every rank's state) and, on the master, ppo.pt: the policy as a language model."""
+    save_resume(str(Path(cfg.out_dir) / "resume.pt"), rt, model=policy, run_config=cfg, tokenizer=tok, of="ppo",
+                step=iteration, optimizers=optimizers, value_model=value_model.state_dict(), kl_coef=kl_coef)
+    if rt.master:
+        save_checkpoint(str(Path(cfg.out_dir) / "ppo.pt"), stage="ppo", model=policy, run_config=cfg,
+                        tokenizer=tok, step=iteration, kl_coef=kl_coef)
+
+
+def check_config(cfg, rt):
+    """Settings that contradict each other or the run, refused before anything loads."""
+    if cfg.temperature <= 0:
+        raise ConfigError("--temperature must be > 0: PPO needs the logprobs of the sampling distribution")
+    if cfg.batch_size % cfg.minibatch_size:
+        raise ConfigError(f"--batch_size={cfg.batch_size} must be a multiple of --minibatch_size")
+    if any(n % rt.world_size for n in (cfg.batch_size, cfg.minibatch_size, cfg.ptx_batch_size)):
+        raise ConfigError(f"batch_size, minibatch_size and ptx_batch_size must divide among {rt.world_size} ranks")
+    if cfg.oracle_scale < 0:
+        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} must be >= 0 (0: the reward model)")
+
+
+def load_rollout_data(cfg, tok, block_size, judge, master=True):
+    """The training prompts (those that leave room to answer), their texts where the judge needs them, and
+    the pretraining stream of the ptx term (None for plain PPO)."""
+    if cfg.oracle_scale > 0 and not judge:
+        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} scores with the data's gold score, but {cfg.data_dir} "
+                          f"has no judge (judge.json): use the reward model (--oracle_scale=0)")
+    if cfg.ptx_coef > 0 and not (Path(cfg.data_dir) / "pretrain_train.jsonl").exists():
+        raise ConfigError(f"--ptx_coef={cfg.ptx_coef} mixes in pretraining text, but {cfg.data_dir}/"
+                          f"pretrain_train.jsonl does not exist: prepare it, or run plain PPO with --ptx_coef=0")
+    with vocabulary_of(cfg.init_from, cfg.data_dir):
+        split = load_split(cfg.data_dir, "prompts", "train", tok)
+        ptx_stream = load_split(cfg.data_dir, "pretrain", "train", tok).stream if cfg.ptx_coef > 0 else None
+    keep = fitting(split.prompts.lengths, block_size - cfg.max_new_tokens, split.name, master)
+    prompt_texts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "train")] if judge else None
+    return split, keep, prompt_texts, ptx_stream
 
 
 def main(argv=None, reward_fn=None):
@@ -328,157 +484,80 @@ def main(argv=None, reward_fn=None):
     Returns (the per-iteration metrics, the final evaluation).
     """
     cfg = argv if isinstance(argv, PPOConfig) else parse_config(PPOConfig, argv)
-    if cfg.temperature <= 0:
-        raise ConfigError("--temperature must be > 0: PPO needs the logprobs of the sampling distribution")
-    if cfg.batch_size % cfg.minibatch_size:
-        raise ConfigError(f"--batch_size={cfg.batch_size} must be a multiple of --minibatch_size")
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
-    if any(n % rt.world_size for n in (cfg.batch_size, cfg.minibatch_size, cfg.ptx_batch_size)):
-        raise ConfigError(f"batch_size, minibatch_size and ptx_batch_size must divide among {rt.world_size} ranks")
     resume = None
     if cfg.init_from == "resume":  # the run goes on with the models and the reward it started from
         resume = load_checkpoint(str(Path(cfg.out_dir) / "resume.pt"), ("resume",))
         cfg = dataclasses.replace(cfg, init_from=resume["run_config"]["init_from"],
                                   reward_model=resume["run_config"]["reward_model"],
                                   oracle_scale=resume["run_config"].get("oracle_scale", 0.0))
-    if cfg.oracle_scale < 0:
-        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} must be >= 0 (0: the reward model)")
+    check_config(cfg, rt)
     policy, ref_policy, value_model, reward_model, tok = load_models(cfg, rt, resume)
     reward_fn = reward_fn or reward_model_fn(reward_model, rt.autocast)
     judge = load_judge(cfg.data_dir)
-    if cfg.oracle_scale > 0 and not judge:
-        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} scores with the data's gold score, but {cfg.data_dir} "
-                          f"has no judge (judge.json): use the reward model (--oracle_scale=0)")
-    if cfg.ptx_coef > 0 and not (Path(cfg.data_dir) / "pretrain_train.jsonl").exists():
-        raise ConfigError(f"--ptx_coef={cfg.ptx_coef} mixes in pretraining text, but {cfg.data_dir}/pretrain_train.jsonl "
-                          f"does not exist: prepare it, or run plain PPO with --ptx_coef=0")
-    with vocabulary_of(cfg.init_from, cfg.data_dir):
-        split = load_split(cfg.data_dir, "prompts", "train", tok)
-        ptx_stream = load_split(cfg.data_dir, "pretrain", "train", tok).stream if cfg.ptx_coef > 0 else None
-    keep = fitting(split.prompts.lengths, policy.config.block_size - cfg.max_new_tokens, split.name, rt.master)
-    prompt_texts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "train")] if judge else None
+    split, keep, prompt_texts, ptx_stream = load_rollout_data(cfg, tok, policy.config.block_size, judge, rt.master)
     ptx_len = min(cfg.ptx_seq_len or policy.config.block_size, policy.config.block_size)
     # Two networks, two optimizers: with Adam a value-loss coefficient would only act through a shared clip.
-    policy_opt = configure_optimizer(policy, cfg.lr, cfg.weight_decay, (0.9, 0.95), rt.device_type)
-    value_opt = configure_optimizer(value_model, cfg.value_lr, cfg.weight_decay, (0.9, 0.95), rt.device_type)
-    optimizers = {"policy": policy_opt, "value": value_opt}
+    optimizers = {"policy": configure_optimizer(policy, cfg.lr, cfg.weight_decay, (0.9, 0.95), rt.device_type),
+                  "value": configure_optimizer(value_model, cfg.value_lr, cfg.weight_decay, (0.9, 0.95),
+                                               rt.device_type)}
     kl_ctl = KLController(cfg.kl_coef, cfg.kl_target if cfg.adaptive_kl else None, cfg.kl_horizon)
     start = 0
     if resume:
         start, kl_ctl.value = load_resume(resume, "ppo", rt, optimizers)["step"], resume["kl_coef"]
-    train_policy, train_value, scaler = rt.wrap(policy), rt.wrap(value_model), rt.grad_scaler()
+    nets, scaler = (policy, rt.wrap(policy), value_model, rt.wrap(value_model)), rt.grad_scaler()
     log = MetricsLog(cfg.out_dir, rt.master, start if resume else None)
-    B, mbs, W = cfg.batch_size // rt.world_size, cfg.minibatch_size // rt.world_size, rt.world_size
-
-    def save(iteration):
-        save_resume(str(Path(cfg.out_dir) / "resume.pt"), rt, model=policy, run_config=cfg, tokenizer=tok, of="ppo",
-                    step=iteration, optimizers=optimizers, value_model=value_model.state_dict(), kl_coef=kl_ctl.value)
-        if rt.master:
-            save_checkpoint(str(Path(cfg.out_dir) / "ppo.pt"), stage="ppo", model=policy, run_config=cfg,
-                            tokenizer=tok, step=iteration, kl_coef=kl_ctl.value)
 
     history = []
     bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, disable=not rt.master, desc="ppo")
     with Interrupt(rt) as interrupt:
         for it in bar:
-            t0, where = time.time(), f"at iteration {it}"
-            for opt, lr in ((policy_opt, cfg.lr), (value_opt, cfg.value_lr)):
-                set_lr(opt, lr * min(1.0, (it + 1) / max(cfg.warmup_iters, 1)))
-
-            # 1. rollout: this rank's share of a global batch of prompts, one pure sample each (temperature 1,
-            #    no top-k); prompts and samples are functions of (seed, iteration, row), nothing else
-            rows = np.arange(rt.rank, cfg.batch_size, W)
-            prompt_ids = keep[np.random.default_rng([cfg.seed, it]).integers(len(keep), size=cfg.batch_size)[rows]]
-            prompts = [split.prompts[i].tolist() for i in prompt_ids]
-            batch = generate(policy, prompts, cfg.max_new_tokens, cfg.temperature, eos_id=tok.eos_id,
-                             seeds=[seed_of(cfg.seed, it, r) for r in rows], autocast=rt.autocast)
-            P, mask = batch["prompt_len"], batch["response_mask"]
-
-            # 2. score: the RM reads prompt + response at its EOS, and a response cut off without EOS gets the
-            #    fixed no_eos_penalty instead; or the oracle: the judge reads the text, cut-off answers included
+            t0 = time.time()
+            for name, lr in (("policy", cfg.lr), ("value", cfg.value_lr)):
+                set_lr(optimizers[name], lr * min(1.0, (it + 1) / max(cfg.warmup_iters, 1)))
+            # 1. rollout: one pure sample per prompt
+            batch = rollout(policy, split, keep, cfg, rt, it, tok.eos_id)
+            mask = batch["response_mask"]
             texts = [tok.decode([t for t in r if t != tok.eos_id]).strip() for r in batch["response_lists"]]
-            if cfg.oracle_scale > 0:
-                gold = judge.gold([prompt_texts[i] for i in prompt_ids], texts, batch["ended"].tolist())
-                rm_scores = cfg.oracle_scale * (torch.tensor(gold, dtype=torch.float32, device=mask.device) - 1)
-            else:
-                rm_scores = torch.as_tensor(reward_fn(prompts, batch["response_lists"])).float().to(mask.device)
-            scores = rm_scores.clone()
-            if cfg.no_eos_penalty is not None and cfg.oracle_scale == 0:
-                scores[~batch["ended"]] = cfg.no_eos_penalty
-
-            # 3. logprobs of the sampled tokens under the policy and the SFT reference, and the values: one
-            #    forward each over prompt + response, with exactly the masks and positions training uses
-            with torch.no_grad(), rt.autocast():
-                logprobs, entropy = in_chunks(lambda s, a: response_logprobs(policy, s, a, P, cfg.temperature, True),
-                                              batch, mbs)
-                ref_logprobs = in_chunks(lambda s, a: response_logprobs(ref_policy, s, a, P, cfg.temperature), batch, mbs)
-                values = in_chunks(lambda s, a: response_values(value_model, s, a, P), batch, mbs) * mask
-
-            # 4. KL-shaped rewards: -beta * (logp - ref_logp) per token, the score added at the last token;
-            #    the summed log-ratio of a response estimates KL(pi_RL || pi_SFT)
+            # 2. score: the RM at each response's EOS, no_eos_penalty for a response that never stopped
+            rm_scores, scores = score_rollouts(batch, texts, cfg, reward_fn, judge, prompt_texts)
+            # 3. logprobs under the policy and the SFT reference, and the values, as training computes them
+            logprobs, entropy, ref_logprobs, values = rollout_logprobs(policy, ref_policy, value_model, batch, cfg, rt)
+            # 4.-6. KL-shaped rewards, GAE, whitened advantages; the summed log-ratio of a response estimates
+            #    KL(pi_RL || pi_SFT)
+            advantages, returns = compute_advantages(scores, logprobs, ref_logprobs, values, mask, kl_ctl.value,
+                                                     cfg.gamma, cfg.lam)
             kl = (logprobs - ref_logprobs) * mask
-            rewards = kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_ctl.value)
-
-            # 5. GAE over the response tokens (gamma 1, lambda 0.95), value 0 after the last one
-            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-
-            # 6. whiten the advantages over every real token of the global batch
-            advantages = whiten(advantages, mask)
-
-            # 7. PPO epochs over reshuffled minibatches: the clipped surrogate (with 8., the ptx term) and the
-            #    clipped value loss, each network its own optimizer step. Token means are over the global
-            #    minibatch, so N ranks step exactly as one process would on the whole batch.
-            b = {"seqs": batch["seqs"], "attention_mask": batch["attention_mask"], "response_mask": mask,
-                 "logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns}
-            stats = {k: [] for k in ("pg_loss", "vf_loss", "ptx_loss", "ptx_grad_ratio", "approx_kl", "clipfrac")}
-            for epoch in range(cfg.ppo_epochs):
-                order = torch.randperm(B, generator=torch.Generator().manual_seed(seed_of(cfg.seed, it, epoch, rt.rank)))
-                for m, first in enumerate(range(0, B, mbs)):
-                    mb = {k: v[order[first:first + mbs].to(v.device)] for k, v in b.items()} | {"prompt_len": P}
-                    n_tokens = rt.sum(mb["response_mask"].sum().item()) / W
-                    # 8. ptx: gamma_ptx * the LM loss on this rank's share of fresh pretraining windows
-                    ptx = None
-                    if ptx_stream is not None:
-                        x, y = random_windows(ptx_stream, cfg.ptx_batch_size, ptx_len, [cfg.seed, it, epoch, m])
-                        ptx = (x[rt.rank::W].to(rt.device), y[rt.rank::W].to(rt.device))
-                    pg_loss, lm_loss, new_logprobs, ptx_ratio = policy_backward(train_policy, mb, cfg, n_tokens, ptx,
-                                                                     rt.autocast, scaler, where)
-                    optimizer_step(policy, policy_opt, scaler, cfg.grad_clip, where)
-                    with rt.autocast():
-                        new_values = response_values(train_value, mb["seqs"], mb["attention_mask"], P)
-                    vf_loss = value_loss(new_values, mb["values"], mb["returns"], mb["response_mask"],
-                                         cfg.vf_clip_eps, n_tokens)
-                    check_finite(vf_loss, "the value loss", where)
-                    scaler.scale(vf_loss).backward()
-                    optimizer_step(value_model, value_opt, scaler, cfg.grad_clip, where)
-                    for k, v in (("pg_loss", pg_loss), ("vf_loss", vf_loss.detach()), ("ptx_loss", lm_loss),
-                                 ("ptx_grad_ratio", ptx_ratio),
-                                 *policy_stats(new_logprobs, mb["logprobs"], mb["response_mask"], cfg.clip_eps).items()):
-                        if v is not None:
-                            stats[k].append(float(v))
+            # 7.-8. PPO epochs x minibatches: clipped surrogate + ptx, clipped value loss
+            b = {k: batch[k] for k in ("seqs", "attention_mask", "response_mask", "prompt_len")}
+            stats = ppo_update(b | {"logprobs": logprobs, "values": values, "advantages": advantages,
+                                    "returns": returns}, nets, optimizers, scaler, cfg, rt, it, ptx_stream, ptx_len)
 
             # 9. log what PPO users watch: score and KL (>= 0 on average), response length and EOS rate
             #    (reward hacking shows there first), and the truth where the data has a judge
-            m = {"step": it + 1, "episodes": (it + 1) * cfg.batch_size, "score": scores.mean().item(),
-                 "rm_score": rm_scores.mean().item(), "kl": kl.sum(1).mean().item(),
-                 "non_score_reward": (-kl_ctl.value * kl.sum(1)).mean().item(),
-                 "entropy": masked_mean(entropy, mask).item(), "response_length": mask.sum(1).mean().item(),
-                 "ended": batch["ended"].float().mean().item(),
-                 "explained_variance": explained_variance(values, returns, mask),
-                 **{k: float(np.mean(v)) for k, v in stats.items() if v}}
+            metrics = {"step": it + 1, "episodes": (it + 1) * cfg.batch_size, "score": scores.mean().item(),
+                       "rm_score": rm_scores.mean().item(), "kl": kl.sum(1).mean().item(),
+                       "non_score_reward": (-kl_ctl.value * kl.sum(1)).mean().item(),
+                       "entropy": masked_mean(entropy, mask).item(), "response_length": mask.sum(1).mean().item(),
+                       "ended": batch["ended"].float().mean().item(),
+                       "explained_variance": explained_variance(values, returns, mask),
+                       **{k: float(np.mean(v)) for k, v in stats.items() if v}}
             if judge:
-                m.update(judge.score([prompt_texts[i] for i in prompt_ids], texts, batch["ended"].tolist()))
-            m = {k: v if k in ("step", "episodes") else rt.mean(v) for k, v in m.items()}
-            m |= {"kl_coef": kl_ctl.value, "seconds": time.time() - t0}
-            kl_ctl.update(m["kl"], cfg.batch_size)
-            history.append(m)
-            log(m)
-            bar.set_postfix(score=f"{m['score']:.3f}", kl=f"{m['kl']:.2f}", len=f"{m['response_length']:.1f}")
+                metrics |= judge.score([prompt_texts[i] for i in batch["prompt_ids"]], texts, batch["ended"].tolist())
+            metrics = {k: v if k in ("step", "episodes") else rt.mean(v) for k, v in metrics.items()}
+            metrics |= {"kl_coef": kl_ctl.value, "seconds": time.time() - t0}
+            kl_ctl.update(metrics["kl"], cfg.batch_size)
+            history.append(metrics)
+            log(metrics)
+            bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.2f}",
+                            len=f"{metrics['response_length']:.1f}")
             if rt.master and cfg.sample_interval and (it + 1) % cfg.sample_interval == 0:
                 for i in range(min(2, len(texts))):
-                    tqdm.write(f"[{it + 1}] {tok.decode(prompts[i])!r} -> {texts[i]!r} (score {scores[i]:.2f})")
-            if (cfg.ckpt_interval and (it + 1) % cfg.ckpt_interval == 0) or it + 1 == cfg.iterations or interrupt.requested():
-                save(it + 1)
+                    tqdm.write(f"[{it + 1}] {tok.decode(batch['prompts'][i])!r} -> {texts[i]!r} "
+                               f"(score {scores[i]:.2f})")
+            if ((cfg.ckpt_interval and (it + 1) % cfg.ckpt_interval == 0) or it + 1 == cfg.iterations
+                    or interrupt.requested()):
+                save_run(cfg, rt, it + 1, policy, value_model, tok, optimizers, kl_ctl.value)
                 if interrupt.requested() and it + 1 < cfg.iterations:
                     print(f"interrupted: saved {cfg.out_dir}/resume.pt; continue with --init_from=resume")
                     raise SystemExit(130)
