@@ -49,14 +49,32 @@ import torch.nn.functional as F
 import ppo
 import reward
 import sft
-from common import (ConfigError, configure_optimizer, cpu_has_bf16, flops_per_token, gpu_peak_flops, load_lm,
-                    optimizer_step, parse_config, run, setup_runtime)
+from common import (
+    ConfigError,
+    configure_optimizer,
+    cpu_has_bf16,
+    flops_per_token,
+    gpu_peak_flops,
+    load_lm,
+    optimizer_step,
+    parse_config,
+    run,
+    setup_runtime,
+)
 from data.formats import atomic_write, read_split
 from data.loader import encode_prompt, length_bucketed_batches, load_split, random_windows
 from data.synthetic import prepare
 from data.tokenizer import dataset_tokenizer
-from model import (GPT, GPTConfig, generate, last_token_scores, pad_left, response_logprobs, save_checkpoint,
-                   score_sequences)
+from model import (
+    GPT,
+    GPTConfig,
+    generate,
+    last_token_scores,
+    pad_left,
+    response_logprobs,
+    save_checkpoint,
+    score_sequences,
+)
 
 SECTIONS = ("matmul", "train", "sample", "ppo", "stages", "gpt2")
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024)  # the gpt2 section's model (GPT-2 small)
@@ -535,8 +553,8 @@ def bare_rate(step, batches, warmup=1):
 
 def take_turns(cfg, script, bare):
     """(the best of script's results, the best rate of bare): an untimed bare pass first, so that both sides find
-    the kernels for every batch shape already made (a fresh shape costs oneDNN a first call several times slower;
-    in a real run of many epochs that cost is paid once per shape); then they take turns cfg.repeats times, as
+    the kernels for every batch shape already made (oneDNN builds a kernel on a fresh shape's first call; in a
+    real run of many epochs that cost is paid once per shape); then they take turns cfg.repeats times, as
     the sides of the other sections do. script(r) runs the stage's main() for the r-th time and returns its
     rate first (then what else that run reports)."""
     bare()

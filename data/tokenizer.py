@@ -21,8 +21,8 @@ class Tokenizer:
     """
     tiktoken's GPT-2 BPE with <|endoftext|> as EOS. With vocab (a list of GPT-2 ids) the ids are
     remapped to a compact vocabulary, compact id i <-> GPT-2 id vocab[i]: a tiny model then spends its
-    compute on the few thousand tokens a dataset uses instead of a 50,257-way softmax (measured on a
-    2-core CPU: ~14x more training tokens/s for a 4-layer 128-wide GPT with 2,048 tokens instead of 50,257).
+    compute on the few thousand tokens a dataset uses instead of a 50,257-way softmax, which would dominate
+    its cost (measured: docs/benchmarks.md).
     """
 
     GPT2_EOS = 50256

@@ -8,8 +8,8 @@ import torch
 
 @pytest.fixture
 def one_thread():
-    """Tiny models on 2 shared cores: intra-op threads cost more than they give (measured: a tiny PPO run took
-    25 s with 2 threads on a loaded machine, 2 s with 1). Files that want it: pytestmark = usefixtures."""
+    """Tiny models on shared cores: intra-op threads cost more than they give (measured: docs/benchmarks.md).
+    Files that want it: pytestmark = usefixtures."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -33,8 +33,8 @@ def ddp_env(rank, world_size, port):
 def exit_worker():
     """End a DDP test worker (mp.spawn) once its stage has returned, its checkpoints on disk and its process
     group destroyed, without the interpreter's teardown: there gloo's threads can still race Python's
-    finalisation and abort the process (SIGABRT, "terminate called without an active exception"; seen once
-    in ~7 suite runs here), failing a test whose work was done."""
+    finalisation and abort the process (SIGABRT, "terminate called without an active exception"), failing a
+    test whose work was done."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

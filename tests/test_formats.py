@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `import data`
-from data.formats import (FORMATS, Collector, DataError, choose_val, fetch,  # noqa: E402
-                          join_turns, read_jsonl, render_prompt, render_response, write_jsonl)
+from data.formats import (  # noqa: E402
+    FORMATS,
+    Collector,
+    DataError,
+    choose_val,
+    fetch,
+    join_turns,
+    read_jsonl,
+    render_prompt,
+    render_response,
+    write_jsonl,
+)
 
 
 def write_lines(path, lines):

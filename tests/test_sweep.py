@@ -14,7 +14,6 @@ from data.synthetic import prepare, sweep
 from data.tokenizer import Tokenizer
 from model import GPT, GPTConfig, save_checkpoint
 
-
 # -----------------------------------------------------------------------------
 # best-of-n
 

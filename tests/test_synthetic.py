@@ -9,9 +9,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean,  # noqa: E402
-                            score, win_rate)
-from data.synthetic import corpus, labelers, prepare, responses, tasks  # noqa: E402
+from data.synthetic import (  # noqa: E402
+    HELDOUT_LABELERS,
+    TRAIN_LABELERS,
+    compare,
+    corpus,
+    gold_score,
+    judge_mean,
+    labelers,
+    prepare,
+    responses,
+    score,
+    tasks,
+    win_rate,
+)
 from data.synthetic.world import ADJECTIVES, NAMES, VERBS, WORLD  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 
@@ -128,10 +139,8 @@ def test_padding_in_candidates_is_independent_of_correctness():
 
 
 def test_wrong_sums_are_not_told_by_their_size():
-    """A reward model that cannot check a sum learns whatever else tells right from wrong. When the far miss
-    was always ans + 2..9, two of three wrong answers were larger than the right one, the RM learnt
-    "smaller is better" and PPO answered 5 to "4 plus 2": wrong answers must be as often smaller as larger,
-    and never the right answer."""
+    """A reward model that cannot check a sum learns whatever else tells right from wrong, such as size:
+    wrong answers must be as often smaller as larger, and never the right answer."""
     rng, fam = random.Random(5), tasks.FAMILY["arithmetic"]
     larger = smaller = 0
     for _ in range(3000):
@@ -314,6 +323,7 @@ def test_nearest_miss_accuracy_pairs_each_ideal_with_its_miss(monkeypatch):
     """evaluate.py's nearest_miss: the RM's score of the ideal answer against the family's first wrong, one
     pair per prompt (the ideal scored first); an RM that always prefers the ideal gets 1, the reverse 0."""
     import torch
+
     from data.synthetic import evaluate
     prompts = list(FAMILY_PROMPTS.values()) + ["Tell me a joke."]  # the last is none of the world's tasks
     for sign, want in ((1.0, 1.0), (-1.0, 0.0)):

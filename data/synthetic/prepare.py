@@ -1,7 +1,7 @@
 """
 Prepare the synthetic closed world: all four kinds of InstructGPT data, judged by programmatic labelers.
 
-    python data/synthetic/prepare.py                      # default 1/5-of-the-paper sizes, ~15 s on 2 cores
+    python data/synthetic/prepare.py                      # default 1/5-of-the-paper sizes
     python data/synthetic/prepare.py --scale=0.1         # a tiny version (all split sizes x 0.1)
     python data/synthetic/prepare.py --from_policy=out/sft/sft.pt   # the paper's way: rank the model's own
                                                  # samples with the written candidates (rewrites comparisons_*)
@@ -138,9 +138,8 @@ def comparisons(prompts, rng, extra=None) -> list[dict]:
         pool = responses.candidates(p, rng, [s for s, _ in samples])
         shown = {s.strip() for s, _ in samples}  # as candidates() put them in the pool
         # The right answer next to its nearest miss in every ranking. Drawn at random like the rest, the two
-        # met in one prompt's ranking in 51 of 354 repeat prompts (seed 1337): the RM, which saw "w" < "w w"
-        # < "w w w" far more often than "w w w" > "w w w w", scored one word too many above the right count
-        # on 39 of 45 validation prompts ("Say w three times."), and PPO learnt to overshoot counts.
+        # would rarely meet: an RM that sees "w" < "w w" < "w w w" far more often than "w w w" > "w w w w"
+        # learns that more is better, and PPO would overshoot counts.
         shown.update(pool[:2])
         not_ended = {s.strip() for s, ended in samples if not ended}
         k = rng.randint(4, 9)

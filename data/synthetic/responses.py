@@ -13,8 +13,8 @@ ranking(): K of them ranked by one training labeler, ties dropped, best first.
 import random
 
 from data.synthetic import tasks
-from data.synthetic.tasks import DONT_KNOW
 from data.synthetic.labelers import TIE_EPS, score
+from data.synthetic.tasks import DONT_KNOW
 from data.synthetic.world import ANIMALS, COLOURS, FOODS, WORLD
 
 VERBOSE = ["Sure! {} Let me know if you need anything else.", "Of course. {} I hope this helps!",
@@ -120,8 +120,7 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
 
     def inner():
         # A wrapper's fault must not travel with the answer's correctness: if only right answers were ever
-        # padded, a reward model that cannot check a sum would learn "padded means right" (ours did:
-        # PADDED around a wrong sum outscored the bare right one) and PPO would pad everything.
+        # padded, a reward model that cannot check a sum would learn "padded means right", and PPO would pad.
         return ideal if rng.random() < 0.5 else rng.choice(wrongs)
 
     # The padding habit around a right and a wrong answer: two pairs that differ in padding alone.
@@ -143,13 +142,12 @@ def candidates(prompt: str, rng, extra=()) -> list[str]:
     run_on = " ".join([ideal] * 6).split()
     pool.append(" ".join(run_on[: rng.randint(len(run_on) // 2, len(run_on) - 1)]))
     if spec["family"] != "harm":
-        # Refusing a harmless request is unhelpful, in any phrasing the world has: with REFUSAL alone, PPO on
-        # seed 2 answered 60 fact questions with the harm family's "I'm sorry, but I won't do that.", which
-        # no ranking had shown on a harmless prompt. The phrasing is a function of the prompt (not of rng,
-        # whose draws every other file of the world depends on).
+        # Refusing a harmless request is unhelpful, in any phrasing the world has: a refusal the RM never saw
+        # on a harmless prompt (the harm family's own phrasings) is one PPO can use as a hack. The phrasing is
+        # a function of the prompt (not of rng, whose draws every other file of the world depends on).
         pool.append(random.Random(prompt).choice([REFUSAL] + tasks.Harm.refusals))
-    # ... and so is pleading ignorance of what one can answer: without this candidate the RM only ever saw
-    # "I don't know." as the right answer (to unknowable facts), and PPO said it to known facts too
+    # ... and so is pleading ignorance of what one can answer: an RM that sees "I don't know." only as the
+    # right answer (to unknowable facts) would reward it on known facts too
     pool.append(DONT_KNOW)
     pool += [e.strip() for e in extra]
     out, seen = [], set()

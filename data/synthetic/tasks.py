@@ -117,9 +117,8 @@ class Arithmetic(Family):
 
     def wrongs(self, spec, rng):
         # Off by one either way, the other operation, and the answer to another question of the same kind.
-        # A wrong answer must not be told by its size: when the far miss was always larger (ans + 2..9), the
-        # reward model learnt "smaller is better" (it put ans - 1 above ans + 1 on 60% of 596 validation and
-        # PPO sums) and PPO answered 5 to "4 plus 2".
+        # A wrong answer must not be told by its size: were the far miss always larger, a reward model that
+        # cannot check a sum would learn "smaller is better", and PPO would answer too small.
         a, b, ans, op = spec["a"], spec["b"], spec["answer"], spec["op"]
         other = a - b if op == "+" else a + b
         near = ans + rng.choice([-1, 1]) if ans > 0 else ans + 1
@@ -398,7 +397,7 @@ class Category(Family):
 
     def ideal(self, spec, rng):
         # The first n in the world's order ("red, blue"), as people name the first that come to mind:
-        # one answer per prompt, which greedy decoding can find (a random pick teaches "rice, rice").
+        # one answer per prompt, which greedy decoding can find (random picks would teach a blend of them).
         return join(self._valid(spec)[:spec["n"]])
 
     def alternatives(self, spec, rng):
