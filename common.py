@@ -13,7 +13,8 @@ their algorithm and little else.
                            optimizers, every rank's RNG and the step (which fixes the data position);
                            resumed after a SIGKILL at any point, a CPU run ends bitwise where an
                            uninterrupted one does
-    load_lm                a checkpoint's model and tokenizer, announcing a default choice
+    load_lm                a language model and its tokenizer, from a checkpoint or GPT-2's weights (--init_from=
+                           gpt2 or a Hugging Face directory), announcing a default choice
 """
 
 import contextlib
@@ -34,7 +35,17 @@ import torch.distributed as dist
 
 from data.formats import DataError
 from data.tokenizer import Tokenizer, VocabularyError
-from model import CheckpointError, load_checkpoint, load_model, save_checkpoint, unwrap
+from model import (
+    GPT,
+    GPT2_SIZES,
+    CheckpointError,
+    checkpoint_dict,
+    hf_layout_problem,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    unwrap,
+)
 
 
 class ConfigError(ValueError):
@@ -185,7 +196,8 @@ class Runtime:
 
 def cpu_has_bf16() -> bool:
     """Does this CPU multiply bf16 natively (AVX512-BF16 or AMX)? There, bf16 autocast trains the default
-    model 1.25x faster than fp32 with the same loss curve (README); elsewhere it is emulated and slower."""
+    model faster than fp32 with the same loss curve (measured: docs/benchmarks.md); elsewhere it is emulated
+    and slower."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
@@ -208,6 +220,11 @@ def setup_runtime(device="auto", dtype="auto", seed=1337):
     if device == "cuda" and world_size > 1:
         device = f"cuda:{local_rank}"
     device_type = device.split(":")[0]
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if device_type not in available:
+        raise ConfigError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if not available[device_type]:
+        raise ConfigError(f"--device={device}, but this torch sees no {device_type} device: use --device=auto")
     if world_size > 1:
         if device_type == "cuda":
             torch.cuda.set_device(device)
@@ -223,8 +240,8 @@ def setup_runtime(device="auto", dtype="auto", seed=1337):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if device_type == "cpu":
-        # Tiny activations and gradients underflow to denormals, which this CPU handles in microcode:
-        # measured 10-50x slower backward passes of a small GPT. Flushing them to zero costs nothing.
+        # Tiny activations and gradients underflow to denormals, which x86 CPUs handle in microcode, many
+        # times slower (measured: docs/benchmarks.md); a small GPT loses nothing when they are flushed to zero.
         torch.set_flush_denormal(True)
     torch.manual_seed(seed + rank)
     return Runtime(device, device_type, dtype, rank, world_size, local_rank)
@@ -331,13 +348,37 @@ class MetricsLog:
 # Loading and resuming
 
 
-def load_lm(path, device="cpu", stages=None, default=False, **kw):
-    """(model, tokenizer, checkpoint) of one of this project's checkpoints; default=True says that the
-    stage picked path itself, so the user sees which model a run starts from."""
+def is_pretrained_source(source):
+    """Does source name GPT-2's weights (one of model.GPT2_SIZES, downloaded once, or a directory, which must
+    be in the Hugging Face layout) rather than a checkpoint file of this project?"""
+    return source in GPT2_SIZES or os.path.isdir(source)
+
+
+def load_lm(source, device="cpu", stages=None, default=False, scalar_head=None, dropout=None):
+    """
+    (model, tokenizer, checkpoint) from one of this project's checkpoints or from GPT-2's weights (by name, or
+    a directory with config.json + model.safetensors or pytorch_model.bin). GPT-2 is a 'pretrain' model with
+    GPT-2's whole vocabulary; its checkpoint is the dict a saved one would be. scalar_head and dropout as in
+    model.load_model; default=True says that the stage picked source itself, so the user sees which model a
+    run starts from.
+    """
     if default:
-        print(f"starting from {path} (the default; choose another with --init_from=PATH)")
-    model, ckpt = load_model(path, device, stages=stages, **kw)
-    return model, Tokenizer.from_state(ckpt["tokenizer"]), ckpt
+        print(f"starting from {source} (the default; choose another with --init_from=PATH)")
+    if not is_pretrained_source(source):
+        model, ckpt = load_model(source, device, stages=stages, scalar_head=scalar_head, dropout=dropout)
+        return model, Tokenizer.from_state(ckpt["tokenizer"]), ckpt
+    problem = hf_layout_problem(source) if os.path.isdir(source) else None
+    if problem:
+        raise CheckpointError(problem)
+    if stages is not None and "pretrain" not in stages:
+        raise CheckpointError(f"{source}: is GPT-2's pretrained weights; expected a {' or '.join(stages)} checkpoint")
+    model = GPT.from_pretrained(source, dropout=0.0 if dropout is None else dropout, scalar_head=bool(scalar_head))
+    tok = Tokenizer()
+    if model.config.vocab_size < tok.vocab_size:
+        raise CheckpointError(f"{source}: its vocabulary of {model.config.vocab_size} tokens is smaller than the "
+                              f"{tok.vocab_size} of GPT-2's tokenizer, which it would be read with")
+    ckpt = checkpoint_dict(stage="pretrain", model=model, run_config={"init_from": source}, tokenizer=tok)
+    return model.to(device), tok, ckpt
 
 
 @contextlib.contextmanager
@@ -346,9 +387,10 @@ def vocabulary_of(source, data_dir):
     try:
         yield
     except VocabularyError as e:
-        raise ConfigError(f"{e}: {source} was trained with another vocabulary than {data_dir} needs. Start from "
-                          f"a model that covers it: --init_from=gpt2, or pretrain one on this data with "
-                          f"`python sft.py --mode=pretrain --data_dir={data_dir}`") from None
+        raise ConfigError(f"{e}: {source} was trained with another vocabulary than {data_dir} needs. Start the "
+                          f"pipeline from a model that covers it: `python sft.py --init_from=gpt2 "
+                          f"--data_dir={data_dir}`, or pretrain one on this data with `python sft.py --mode=pretrain "
+                          f"--data_dir={data_dir}`") from None
 
 
 def rng_states(rt):

@@ -69,13 +69,12 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0):
     """
     softmax(q k^T / sqrt(hs)) v over q (B, nh, T, hs) and k, v (B, nh, S, hs). attn_mask (B, 1, T, S) bool,
     True where a query may look, or None for plain causal attention (T == S: unpadded or right-padded rows).
-    F.scaled_dot_product_attention's fused kernels never write out the (T, S) matrix: on CUDA, mask None
-    gets the flash kernel, a mask the memory-efficient one. On a CPU in bf16 and for short sequences, they are
-    slower than the explicit lines below in training and wherever there is a mask (measured on a 2-core EPYC
-    with avx512_bf16, torch 2.13, forward and backward: head size 32 or 64, T = 96-256, explicit 1.2-3.5x
-    faster; a decode step 3-5x), so those cases take the explicit path. At T = 512 the two were about even
-    (0.5-1.3x either way), at GPT-2's T = 1024 SDPA 1.6-3x faster, and in fp32 SDPA as fast or faster (up to
-    4x for a masked forward): from T x S = 512 x 512 on, and in fp32, SDPA it is.
+    The rule: on a CPU in bf16, for T x S under 512 x 512, with a mask or with gradients, explicit_attention;
+    everywhere else F.scaled_dot_product_attention, whose fused kernels never write out the (T, S) matrix (on
+    CUDA: flash without a mask, memory-efficient with one). Why: at these short lengths a CPU's fused bf16
+    kernels are slower than the three plain ops in training and under a mask, which is what the pipeline's CPU
+    runs are made of; for long sequences and in fp32 SDPA is as fast or faster (measured: docs/benchmarks.md).
+    Both compute the same function (tests compare them), so the choice changes speed and rounding only.
     """
     explicit = (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(-2) * k.size(-2) < 512 * 512
                 and (attn_mask is not None or torch.is_grad_enabled()))
@@ -86,7 +85,8 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0):
 
 
 def explicit_attention(q, k, v, attn_mask=None, dropout_p=0.0):
-    """What SDPA computes, written out: the (B, nh, T, S) scores, masked, softmax, times v."""
+    """What SDPA computes, written out (the reference SDPA is tested against): the (B, nh, T, S) scores,
+    masked, softmax, times v."""
     if attn_mask is None:
         attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
@@ -126,7 +126,7 @@ class KVCache:
     Keys and values of every layer, preallocated for max_len positions. Attention reads the whole buffer,
     not the part written so far: the mask hides the positions still to come (the buffer starts at zero, so
     they are finite), and a contiguous (B, nh, max_len, hs) block is multiplied as it is, where a slice
-    of it would be copied at every step (in bf16 on a 2-core CPU, the largest single cost of a decode step).
+    of it would be copied at every step, a large part of a decode step's cost (measured: docs/benchmarks.md).
     """
 
     def __init__(self, n_layer, max_len):
@@ -225,19 +225,19 @@ class GPT(nn.Module):
         return logits, loss
 
     @classmethod
-    def from_pretrained(cls, name_or_path, dropout=0.0):
+    def from_pretrained(cls, name_or_path, dropout=0.0, scalar_head=False):
         """
         OpenAI's GPT-2 weights (gpt2, gpt2-medium, gpt2-large, gpt2-xl), from a local directory in the
         Hugging Face layout (config.json + model.safetensors or pytorch_model.bin) or downloaded by name
         into $RLHF_CACHE (default ~/.cache/rlhf). Nothing is unpickled: safetensors are parsed here and
-        .bin files go through torch.load(weights_only=True).
+        .bin files go through torch.load(weights_only=True). scalar_head=True: the same transformer with a
+        fresh zero scalar head in place of the unembedding (a reward model's starting point).
         """
         directory = name_or_path if os.path.isdir(name_or_path) else download_gpt2(name_or_path)
-        with open(os.path.join(directory, "config.json")) as f:
-            hf = json.load(f)
+        hf = read_hf_config(directory)
         config = GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=hf["vocab_size"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                           dropout=dropout, bias=True)
+                           dropout=dropout, bias=True, scalar_head=scalar_head)
         weights = read_hf_weights(directory)
         model = cls(config)
         sd = model.state_dict()
@@ -247,20 +247,21 @@ class GPT(nn.Module):
             key = key.removeprefix("transformer.")
             if key.endswith((".attn.bias", ".attn.masked_bias")) or key == "lm_head.weight":
                 continue  # causal-mask buffers of the HF implementation, and the tied unembedding
-            ours = key if key.startswith("lm_head") else "transformer." + key
+            ours = "transformer." + key
             if ours not in sd:
-                raise ValueError(f"{directory}: unexpected GPT-2 weight {key!r}")
+                raise CheckpointError(f"{directory}: unexpected GPT-2 weight {key!r}")
             if key.endswith(transposed):
                 tensor = tensor.t()  # HF's GPT-2 uses Conv1D, which stores Linear weights as (in, out)
             if tensor.shape != sd[ours].shape:
-                raise ValueError(f"{directory}: {key} has shape {tuple(tensor.shape)}, "
-                                 f"expected {tuple(sd[ours].shape)}")
+                raise CheckpointError(f"{directory}: {key} has shape {tuple(tensor.shape)}, "
+                                      f"expected {tuple(sd[ours].shape)}")
             with torch.no_grad():
                 sd[ours].copy_(tensor)
             loaded.add(ours)
-        missing = [k for k in sd if k not in loaded and k != "lm_head.weight"]
+        missing = [k for k in sd if k not in loaded and not k.startswith(("lm_head.", "score_head."))]
         if missing:
-            raise ValueError(f"{directory}: weights missing for {missing[:5]}{'...' if len(missing) > 5 else ''}")
+            raise CheckpointError(f"{directory}: weights missing for {missing[:5]}"
+                                  f"{'...' if len(missing) > 5 else ''}")
         return model
 
 
@@ -303,7 +304,7 @@ def sample_next(logits, temperature=1.0, top_k=None, generators=None):
     from its own generator, so its sample depends on that row alone, not on the batch it shares.
     """
     if temperature == 0:
-        return logits.float().argmax(-1)  # the same token; argmax over bf16 is 3x slower on a CPU
+        return logits.float().argmax(-1)  # the same token; a CPU's argmax is faster over float32 than bf16
     z = logits.float() / temperature
     if top_k is not None:
         kth = torch.topk(z, min(top_k, z.size(-1))).values[:, -1:]
@@ -437,7 +438,7 @@ HF_URL = "https://huggingface.co/{name}/resolve/main/{file}"
 def download_gpt2(name):
     """config.json and model.safetensors of a GPT-2 size, downloaded once into $RLHF_CACHE/NAME."""
     if name not in GPT2_SIZES:
-        raise ValueError(f"{name!r} is neither a directory nor one of {GPT2_SIZES}")
+        raise CheckpointError(f"{name!r} is neither a directory nor one of {', '.join(GPT2_SIZES)}")
     directory = os.path.join(os.environ.get("RLHF_CACHE", os.path.expanduser("~/.cache/rlhf")), name)
     for file in ("config.json", "model.safetensors"):
         path = os.path.join(directory, file)
@@ -449,12 +450,44 @@ def download_gpt2(name):
             with urllib.request.urlopen(url, timeout=60) as response, atomic_write(path, "wb") as f:
                 shutil.copyfileobj(response, f)
         except OSError as e:
-            raise CheckpointError(f"could not download {url} ({e}). Offline? Copy a GPT-2 directory "
-                                  f"(config.json + model.safetensors) here and pass its path instead") from None
+            raise CheckpointError(f"could not download {url} ({e}). Offline? Pass the path of a GPT-2 directory "
+                                  f"(config.json + model.safetensors or pytorch_model.bin) instead, or copy "
+                                  f"config.json and model.safetensors into {directory}") from None
     return directory
 
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+HF_CONFIG_KEYS = ("vocab_size", "n_layer", "n_head", "n_embd")
+
+
+def hf_layout_problem(directory):
+    """What a directory lacks to be a GPT-2 in the Hugging Face layout, or None when it has everything."""
+    lacks = [] if os.path.exists(os.path.join(directory, "config.json")) else ["config.json"]
+    if not any(os.path.exists(os.path.join(directory, f)) for f in ("model.safetensors", "pytorch_model.bin")):
+        lacks.append("model.safetensors or pytorch_model.bin")
+    if lacks:
+        return (f"{directory}: not a GPT-2 directory in the Hugging Face layout (no {' and no '.join(lacks)}); "
+                f"a checkpoint of this project is a file, such as out/sft/sft.pt")
+    return None
+
+
+def read_hf_config(directory):
+    """The dict of directory/config.json, checked for what from_pretrained reads from it."""
+    problem = hf_layout_problem(directory)
+    if problem:
+        raise CheckpointError(problem)
+    path = os.path.join(directory, "config.json")
+    try:
+        with open(path) as f:
+            hf = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable as JSON ({e})") from None
+    lacks = [k for k in HF_CONFIG_KEYS if not isinstance(hf, dict) or not isinstance(hf.get(k), int)]
+    if lacks:
+        raise CheckpointError(f"{path}: not a GPT-2 config (no integer {', '.join(lacks)})")
+    return hf
 
 
 def read_hf_weights(directory):
@@ -463,7 +496,7 @@ def read_hf_weights(directory):
     path, bin_ = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
     if not os.path.exists(path):
         if not os.path.exists(bin_):
-            raise FileNotFoundError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
+            raise CheckpointError(f"{directory}: neither model.safetensors nor pytorch_model.bin found")
         return {k: v.float() for k, v in torch.load(bin_, map_location="cpu", weights_only=True).items()}
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
@@ -474,7 +507,7 @@ def read_hf_weights(directory):
         if name == "__metadata__":
             continue
         if info["dtype"] not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
         raw = torch.from_numpy(np.array(data[start:end]))  # copy out of the memmap
         tensors[name] = raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"]).float()
@@ -497,14 +530,12 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def save_checkpoint(path, *, stage, model, run_config, tokenizer, **extra):
-    """
-    Write {format, stage, model (state dict), model_config, run_config, tokenizer, **extra} to path,
-    atomically: an interrupted save leaves the previous checkpoint. extra holds plain data only (tensors,
-    numbers, strings, lists, dicts), so that loading needs no unpickling of arbitrary objects.
-    """
+def checkpoint_dict(*, stage, model, run_config, tokenizer, **extra):
+    """{format, stage, model (state dict), model_config, run_config, tokenizer, **extra}: what a checkpoint
+    file holds. extra holds plain data only (tensors, numbers, strings, lists, dicts), so that loading needs
+    no unpickling of arbitrary objects."""
     model = unwrap(model)
-    ckpt = {
+    return {
         "format": CHECKPOINT_FORMAT,
         "stage": stage,
         "model": model.state_dict(),
@@ -513,6 +544,11 @@ def save_checkpoint(path, *, stage, model, run_config, tokenizer, **extra):
         "tokenizer": tokenizer.state(),
         **extra,
     }
+
+
+def save_checkpoint(path, *, stage, model, run_config, tokenizer, **extra):
+    """checkpoint_dict(...) written to path atomically: an interrupted save leaves the previous checkpoint."""
+    ckpt = checkpoint_dict(stage=stage, model=model, run_config=run_config, tokenizer=tokenizer, **extra)
     with atomic_write(path, "wb") as f:
         torch.save(ckpt, f)
 
@@ -521,6 +557,8 @@ def load_checkpoint(path, stages=None):
     """Load a checkpoint of this project with weights_only=True; stages, if given, lists the accepted ones."""
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file of this project")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

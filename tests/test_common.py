@@ -114,9 +114,13 @@ def run_script(*args, cwd):
     (["reward.py", "--lr=fast"], "--lr takes a float"),
     (["ppo.py", "--init_from=nothing.pt"], "nothing.pt: no such checkpoint"),
     (["sft.py", "--data_dir=nowhere"], "out/pretrain/pretrain.pt: no such checkpoint"),
+    (["reward.py", "--device=gpu"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    (["sft.py", "--init_from=."], ".: not a GPT-2 directory in the Hugging Face layout (no config.json and no "
+                                  "model.safetensors or pytorch_model.bin)"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, says):
-    """A bad flag, a bad value or a missing checkpoint prints one line `error: ...` and exits 1."""
+    """A bad flag, a bad value, a missing checkpoint or a directory that holds no GPT-2 prints one line
+    `error: ...` and exits 1."""
     r = run_script(*args, cwd=tmp_path)
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error:") and says in err[0], r.stderr

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import common as C
 import model as M
 from model import GPT, GPTConfig
 
@@ -220,21 +221,78 @@ def reference_gpt2_forward(w, idx, n_layer=2, n_head=2):
     return ln(x, "transformer.ln_f") @ w["lm_head.weight"].t()
 
 
+def write_hf_gpt2(directory, fmt, vocab=61):
+    """A tiny GPT-2 written as the Hugging Face layout has it: config.json, and model.safetensors or
+    pytorch_model.bin. HF's safetensors omit the tied lm_head; the .bin keeps it, and both keep the mask
+    buffers, so that loading is seen to skip them. Returns the weights written."""
+    w = hf_gpt2_weights(vocab=vocab)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump({"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 32,
+                   "vocab_size": vocab}, f)
+    if fmt == "safetensors":
+        write_safetensors(os.path.join(directory, "model.safetensors"),
+                          {k: v for k, v in w.items() if k != "lm_head.weight"})
+    else:
+        torch.save(w, os.path.join(directory, "pytorch_model.bin"))
+    return w
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_from_pretrained_matches_independent_forward(tmp_path, fmt):
     """A GPT-2 checkpoint in the HF layout loads and reproduces a forward pass computed independently."""
-    w = hf_gpt2_weights()
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 16, "n_positions": 32, "vocab_size": 61}))
-    if fmt == "safetensors":
-        # HF's safetensors omit the tied lm_head and the mask buffers; keep them to test both are skipped
-        write_safetensors(tmp_path / "model.safetensors", {k: v for k, v in w.items() if k != "lm_head.weight"})
-    else:
-        torch.save(w, tmp_path / "pytorch_model.bin")
+    w = write_hf_gpt2(str(tmp_path), fmt)
     m = GPT.from_pretrained(str(tmp_path)).eval()
     idx = torch.randint(0, 61, (2, 10))
     logits, _ = m(idx)
     torch.testing.assert_close(logits, reference_gpt2_forward(w, idx), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_load_lm_takes_a_gpt2_directory(tmp_path, fmt):
+    """--init_from=DIR: common.load_lm, which every stage loads a language model with, takes a GPT-2 directory
+    in the HF layout by its path: a 'pretrain' model with GPT-2's tokenizer and the logits of the weights
+    written, and its in-memory checkpoint loads back to the same model."""
+    w = write_hf_gpt2(str(tmp_path / "gpt2-tiny"), fmt, vocab=50257)
+    model, tok, ckpt = C.load_lm(str(tmp_path / "gpt2-tiny"), stages=("pretrain", "sft"))
+    assert ckpt["stage"] == "pretrain" and tok.vocab_size == 50257 and tok.state() == ckpt["tokenizer"]
+    idx = torch.randint(0, 50257, (2, 10))
+    torch.testing.assert_close(model.eval()(idx)[0], reference_gpt2_forward(w, idx), atol=1e-4, rtol=1e-4)
+    again, _ = M.load_model(ckpt)
+    torch.testing.assert_close(again.eval()(idx)[0], model(idx)[0], atol=0, rtol=0)
+
+
+def test_load_lm_gpt2_directory_as_reward_model_start(tmp_path):
+    """scalar_head=True on a GPT-2 directory (reward.py --init_from=DIR) gives its transformer under a zero
+    scalar head: every score 0, the transformer's weights those of the file."""
+    w = write_hf_gpt2(str(tmp_path), "safetensors", vocab=50257)
+    rm, _, ckpt = C.load_lm(str(tmp_path), scalar_head=True, dropout=0.1)
+    assert rm.config.scalar_head and rm.config.dropout == 0.1 and ckpt["model_config"]["scalar_head"]
+    assert torch.equal(rm.transformer.h[1].attn.c_attn.weight, w["transformer.h.1.attn.c_attn.weight"].t())
+    assert torch.equal(rm.transformer.wte.weight, w["transformer.wte.weight"])
+    scores, _ = rm.eval()(torch.randint(0, 50257, (2, 5)))
+    assert scores.shape == (2, 5) and torch.all(scores == 0)
+
+
+def test_load_lm_refuses_what_a_gpt2_directory_cannot_be(tmp_path):
+    """A directory that is not in the HF layout is refused in one message naming what it lacks; a GPT-2
+    where a stage wants a later stage's checkpoint, or one whose vocabulary GPT-2's tokenizer overflows, too."""
+    with pytest.raises(M.CheckpointError, match=r"no config.json and no model.safetensors or pytorch_model.bin"):
+        C.load_lm(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(M.CheckpointError, match=r"\(no model.safetensors or pytorch_model.bin\)"):
+        C.load_lm(str(tmp_path), stages=("sft",))
+    torch.save({}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(M.CheckpointError, match=r"not a GPT-2 config \(no integer vocab_size, n_layer"):
+        C.load_lm(str(tmp_path))
+    write_hf_gpt2(str(tmp_path / "full"), "bin", vocab=50257)
+    with pytest.raises(M.CheckpointError, match="GPT-2's pretrained weights; expected a sft checkpoint"):
+        C.load_lm(str(tmp_path / "full"), stages=("sft",))
+    write_hf_gpt2(str(tmp_path / "small"), "bin")
+    with pytest.raises(M.CheckpointError, match="vocabulary of 61 tokens is smaller than the 50257"):
+        C.load_lm(str(tmp_path / "small"))
+    with pytest.raises(M.CheckpointError, match="is a directory, not a checkpoint file"):
+        M.load_checkpoint(str(tmp_path))
 
 
 def test_from_pretrained_refuses_unknown_name(tmp_path):
