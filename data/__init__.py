@@ -5,8 +5,9 @@ that can judge its own data writes judge.json ({"module": "data.NAME.judge"}) in
 """
 
 import importlib
-import json
 from pathlib import Path
+
+from data.formats import DataError, read_jsonl
 
 
 def load_judge(data_dir):
@@ -15,7 +16,11 @@ def load_judge(data_dir):
     path = Path(data_dir) / "judge.json"
     if not path.exists():
         return None
-    module = json.loads(path.read_text())["module"]
+    records = read_jsonl(path, {"module": str})
+    module = records[0]["module"] if records else ""
     if not module.startswith("data.") or not all(part.isidentifier() for part in module.split(".")):
-        raise ValueError(f"{path}: 'module' must name a module under data/, got {module!r}")
-    return importlib.import_module(module).Judge()
+        raise DataError(f"{path}: 'module' must name a module under data/, got {module!r}")
+    try:
+        return importlib.import_module(module).Judge()
+    except (ImportError, AttributeError) as e:
+        raise DataError(f"{path}: {module} has no Judge ({e})") from None

@@ -209,3 +209,23 @@ def test_fetch_failure_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="download failed.*--src"):
         fetch([(tmp_path / "missing").as_uri()], tmp_path / "downloads" / "file")
     assert not (tmp_path / "downloads").exists()
+
+
+# -----------------------------------------------------------------------------
+# the judge a prepare script leaves (data.load_judge)
+
+
+def test_load_judge_finds_the_synthetic_judge_and_refuses_others(tmp_path):
+    """judge.json naming the synthetic world's judge gives a Judge; none gives None; one naming no module
+    under data/, no module at all or a module without a Judge is a DataError that names the file."""
+    from data import load_judge
+    assert load_judge(tmp_path) is None
+    write_jsonl(tmp_path / "judge.json", [{"module": "data.synthetic.judge"}])
+    assert hasattr(load_judge(tmp_path), "win_rate")
+    for bad in ("os", "data.nowhere.judge", "data.formats"):
+        write_jsonl(tmp_path / "judge.json", [{"module": bad}])
+        with pytest.raises(DataError, match="judge.json"):
+            load_judge(tmp_path)
+    (tmp_path / "judge.json").write_text("{not json\n")
+    with pytest.raises(DataError, match="judge.json:1: malformed JSON"):
+        load_judge(tmp_path)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiktoken  # noqa: E402
 
-from common import load_lm, parse_config, run  # noqa: E402
+from common import ConfigError, load_lm, parse_config, run  # noqa: E402
 from data.formats import write_jsonl  # noqa: E402
 from data.loader import encode_prompt, encode_response, generate_responses  # noqa: E402
 from data.synthetic import corpus, labelers, responses, tasks  # noqa: E402
@@ -76,7 +76,8 @@ def split_prompts(args) -> dict:
         while len(prompts) < sizes[name]:
             tries += 1
             if tries > 100 * sizes[name] + 1000:
-                raise RuntimeError(f"ran out of distinct prompts for split {name}")
+                raise ConfigError(f"ran out of distinct prompts for split {name} ({sizes[name]} asked): lower "
+                                  f"--{name} or --scale")
             p = tasks.sample_prompt(rng)
             if p not in seen:
                 seen.add(p)
