@@ -1,6 +1,8 @@
 """The one command (run.sh) end to end at a tiny scale, and data/synthetic/evaluate.py's results: the reward-model
-accuracy math against brute force, log-probabilities of padded batches, the results.json schema."""
+accuracy math against brute force, log-probabilities of padded batches, the results.json schema, the plots, and
+PPO checkpoints named by their own run config."""
 
+import csv
 import json
 import math
 import os
@@ -12,17 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import ConfigError
+from data.formats import read_jsonl, read_split
+from data.synthetic import evaluate, plots, prepare, tasks
+from data.synthetic.labelers import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, score
+from data.tokenizer import dataset_tokenizer
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from common import ConfigError  # noqa: E402
-from data.formats import read_jsonl, read_split  # noqa: E402
-from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, score  # noqa: E402
-from data.synthetic import evaluate, prepare, tasks  # noqa: E402
-from data.tokenizer import dataset_tokenizer  # noqa: E402
-from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
-
 MODELS = ["base", "base_fewshot", "sft", "ppo_ptx", "ppo"]
+PPO_RUNS = {"ppo_ptx": {"ptx_coef": 0.2}, "ppo": {"ptx_coef": 0.0}}  # each name's truth, as ppo.py stores it
 STAGES = ["data", "pretrain", "sft", "comparisons", "reward", "ppo_ptx", "ppo", "eval"]
 PER_MODEL = ["win_rate_vs_sft", "win_ci95", "score", "gold", "rm_score", "ended", "per_family", "alignment_tax"]
 # sampled at T=1 too (a base model never stops, so it gets no T=1 pass and no KL)
@@ -169,9 +172,10 @@ def test_logprob_sums_of_padded_batches_equal_one_at_a_time():
         assert batched[i].item() == pytest.approx(logprobs[range(len(r)), r].sum().item(), abs=1e-4)
 
 
-def test_results_schema_on_random_models(world, tmp_path, monkeypatch):
+def test_results_schema_on_random_models(world, tmp_path, monkeypatch, capsys):
     """evaluate.py on random tiny checkpoints writes every key of results.json, responses/MODEL.jsonl for each
-    test prompt, and a model identical to SFT has KL 0 and win rate 0.5."""
+    test prompt, and a model identical to SFT has KL 0 and win rate 0.5; without matplotlib the plots are CSVs,
+    with one line saying the PNGs were skipped."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     tok = dataset_tokenizer(world)
     paths = {}
@@ -179,7 +183,7 @@ def test_results_schema_on_random_models(world, tmp_path, monkeypatch):
                                           ("rm", "reward")]):
         paths[name] = str(tmp_path / f"{name}.pt")
         model = tiny_gpt(tok.vocab_size, 1 if name == "ppo_ptx" else seed, scalar_head=stage == "reward")
-        save_checkpoint(paths[name], stage=stage, model=model, run_config={}, tokenizer=tok)
+        save_checkpoint(paths[name], stage=stage, model=model, run_config=PPO_RUNS.get(name, {}), tokenizer=tok)
     (tmp_path / "seconds.json").write_text(json.dumps({"data": 1.0, "sft": 2.0}))
     models = [f"base={paths['base']}", f"base_fewshot={paths['base']}@fewshot", f"sft={paths['sft']}",
               f"ppo_ptx={paths['ppo_ptx']}", f"ppo={paths['ppo']}"]
@@ -194,6 +198,9 @@ def test_results_schema_on_random_models(world, tmp_path, monkeypatch):
     # --split=val: the tuning view (validation prompts, training labelers) in files of its own, so it never
     # overwrites the test measurement
     before = (tmp_path / "results.json").read_text()
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, as where it is not installed
+    capsys.readouterr()
     val = evaluate.main([f"--models=sft={paths['sft']},ppo={paths['ppo']}", f"--data_dir={world}", "--split=val",
                          f"--out_dir={tmp_path}", "--max_new_tokens=8", "--sample_t1=false", "--reward_model="])
     val_prompts = [r["prompt"] for r in read_split(world, "prompts", "val")]
@@ -204,33 +211,167 @@ def test_results_schema_on_random_models(world, tmp_path, monkeypatch):
     assert val["score"]["ppo"] == pytest.approx(judge_mean(val_prompts, texts, TRAIN_LABELERS,
                                                            [r["ended"] for r in rows]))
     assert (tmp_path / "results_val.md").exists() and (tmp_path / "results.json").read_text() == before
+    assert val["plots"] == {"win_rates": "plots_val/win_rates.csv"} and not list((tmp_path / "plots_val").glob("*.png"))
+    assert "](plots_val/win_rates.csv)" in (tmp_path / "results_val.md").read_text()
+    assert sum("PNGs skipped" in line for line in capsys.readouterr().out.splitlines()) == 1
     with pytest.raises(ConfigError, match="--split"):
         evaluate.main([f"--models=sft={paths['sft']}", f"--data_dir={world}", "--split=train",
                        f"--out_dir={tmp_path}"])
 
 
 # -----------------------------------------------------------------------------
+# plots and the names of PPO checkpoints
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))
+
+
+def assert_png(path):
+    """path is a non-empty PNG file (its 8-byte signature and more)."""
+    data = path.read_bytes()
+    assert len(data) > 8 and data[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def test_write_curves_has_a_row_per_iteration(tmp_path):
+    """ppo_curves.csv holds one row per iteration of each run's metrics.jsonl, in order, with the five metrics
+    (a key the run did not log left empty); the final evaluation line (eval_* keys) and a run without
+    metrics.jsonl give no rows."""
+    runs = {"a": tmp_path / "a", "b": tmp_path / "b", "none": tmp_path / "none"}
+    for d in runs.values():
+        d.mkdir()
+    lines = {"a": [{"step": i, "rm_score": 0.1 * i, "gold_score": 0.5, "kl": i, "response_length": 9, "ended": 1.0}
+                   for i in (1, 2, 3)] + [{"step": 3, "eval_n": 8, "eval_policy_rm_score": 0.3}],
+             "b": [{"step": 1, "rm_score": -1, "kl": 0.0, "response_length": 4, "ended": 0.5}]}  # no judge: no gold
+    for name, records in lines.items():
+        (runs[name] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    shown = plots.write_curves(runs, tmp_path / "plots")
+    rows = read_csv(tmp_path / "plots" / "ppo_curves.csv")
+    assert rows[0] == ["iteration", "model", "rm_score", "gold_score", "kl", "response_length", "ended"]
+    assert rows[1:] == [["1", "a", "0.1", "0.5", "1", "9", "1.0"], ["2", "a", "0.2", "0.5", "2", "9", "1.0"],
+                        ["3", "a", str(0.1 * 3), "0.5", "3", "9", "1.0"], ["1", "b", "-1", "", "0.0", "4", "0.5"]]
+    assert shown.name in ("ppo_curves.png", "ppo_curves.csv") and shown.exists()
+    assert plots.write_curves({"none": runs["none"]}, tmp_path / "empty") is None
+
+
+def tiny_checkpoint(world, path, run_config, stage="ppo"):
+    """A 1-layer random checkpoint at path in world's vocabulary, with the run config a stage would have stored."""
+    tok = dataset_tokenizer(world)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(str(path), stage=stage, model=tiny_gpt(tok.vocab_size, 0), run_config=run_config, tokenizer=tok)
+    return str(path)
+
+
+def test_ppo_checkpoints_are_named_by_their_run_config(world, tmp_path, capsys):
+    """A PPO checkpoint named ppo that was trained with ptx_coef > 0 is reported as ppo_ptx (and one named ppo_ptx
+    with ptx_coef 0 as ppo), with one warning line each; a right name, another name, or a config without
+    ptx_coef is kept silently; two models with one name after that are an error."""
+    ptx = tiny_checkpoint(world, tmp_path / "a" / "ppo.pt", PPO_RUNS["ppo_ptx"])
+    plain = tiny_checkpoint(world, tmp_path / "b" / "ppo.pt", PPO_RUNS["ppo"])
+    unknown = tiny_checkpoint(world, tmp_path / "c" / "ppo.pt", {})
+    specs, dirs = evaluate.resolve_models((f"ppo={ptx}", f"ppo_ptx={plain}@fewshot"))
+    assert specs == [("ppo_ptx", ptx), ("ppo", f"{plain}@fewshot")]
+    assert dirs == {"ppo_ptx": str(tmp_path / "a"), "ppo": str(tmp_path / "b")}
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "ptx_coef=0.2" in warnings[0] and "reported as ppo_ptx" in warnings[0]
+    specs, _ = evaluate.resolve_models((f"ppo_ptx={ptx}", f"ppo={plain}", f"mine={ptx}", f"ppo_ptx0={unknown}"))
+    assert [n for n, _ in specs] == ["ppo_ptx", "ppo", "mine", "ppo_ptx0"] and capsys.readouterr().out == ""
+    with pytest.raises(ConfigError, match="two models are named ppo_ptx"):
+        evaluate.resolve_models((f"ppo_ptx={ptx}", f"ppo={ptx}"))
+
+
+def test_default_models_find_both_ppo_runs(world, tmp_path, monkeypatch, capsys):
+    """Without --models, evaluate.py takes out/ppo_ptx/ppo.pt and out/ppo/ppo.pt where they exist, named by their
+    run config: a PPO-ptx run that `python ppo.py` once wrote into out/ppo is reported as ppo_ptx."""
+    monkeypatch.chdir(tmp_path)
+    sft = tiny_checkpoint(world, Path("out/sft/sft.pt"), {}, stage="sft")
+    old = tiny_checkpoint(world, Path("out/ppo/ppo.pt"), PPO_RUNS["ppo_ptx"])
+    assert evaluate.resolve_models(()) == ([("sft", sft), ("ppo_ptx", old)], {"ppo_ptx": "out/ppo"})
+    assert "warning: ppo=out/ppo/ppo.pt" in capsys.readouterr().out
+    tiny_checkpoint(world, Path("out/ppo_ptx/ppo.pt"), PPO_RUNS["ppo_ptx"])
+    tiny_checkpoint(world, Path("out/ppo/ppo.pt"), PPO_RUNS["ppo"])
+    specs, dirs = evaluate.resolve_models(())
+    assert specs == [("sft", sft), ("ppo_ptx", "out/ppo_ptx/ppo.pt"), ("ppo", "out/ppo/ppo.pt")]
+    assert dirs == {"ppo_ptx": "out/ppo_ptx", "ppo": "out/ppo"} and "warning" not in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
 # run.sh
 
 
-def test_run_sh_tiny_end_to_end(world, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """`TINY=1 SEED=3 bash run.sh` once for the tests below: its out and data folders."""
+    root = tmp_path_factory.mktemp("tiny")
+    env = {**os.environ, "TINY": "1", "SEED": "3", "OUT_DIR": str(root / "out"), "DATA_DIR": str(root / "data")}
+    proc = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "out", root / "data", env
+
+
+def test_run_sh_tiny_end_to_end(world, tiny_run):
     """`TINY=1 SEED=3 bash run.sh` runs every stage in order at a tiny scale (seconds), with seed 3 from the
     data on; each stage's time lands in results.json, every model is judged on every test prompt; then
     `bash run.sh sweep` runs on its SFT and RM."""
-    env = {**os.environ, "TINY": "1", "SEED": "3", "OUT_DIR": str(tmp_path / "out"),
-           "DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    prompts = [r["prompt"] for r in read_split(tmp_path / "data", "prompts", "test")]
-    res = check_results(tmp_path / "out", MODELS, prompts, stages=STAGES)
+    out, data, env = tiny_run
+    prompts = [r["prompt"] for r in read_split(data, "prompts", "test")]
+    res = check_results(out, MODELS, prompts, stages=STAGES)
     assert res["seed"] == 3
     assert prompts != [r["prompt"] for r in read_split(world, "prompts", "test")]  # seed 3's world, not 1337's
     for stage in ("pretrain/pretrain.pt", "sft/sft.pt", "reward/reward.pt", "ppo_ptx/ppo.pt", "ppo/ppo.pt"):
-        assert (tmp_path / "out" / stage).exists(), stage
+        assert (out / stage).exists(), stage
 
     proc = subprocess.run(["bash", "run.sh", "sweep"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (tmp_path / "out" / "sweep" / "overoptimisation.csv").exists()
+    assert (out / "sweep" / "overoptimisation.csv").exists()
+
+
+def test_run_sh_tiny_writes_the_plots_csv(tiny_run):
+    """The tiny run's plots/: ppo_curves.csv has one row per PPO iteration per PPO model (the iterations of its
+    metrics.jsonl, the numbers as logged), rm_accuracy.csv one row for all pairs and one per task family of
+    results.json, win_rates.csv one per model with its CI; results.md links each plot by a relative path."""
+    out, _, _ = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    rows = read_csv(out / "plots" / "ppo_curves.csv")
+    metrics = ["rm_score", "gold_score", "kl", "response_length", "ended"]
+    assert rows[0] == ["iteration", "model", *metrics]
+    for name in ("ppo_ptx", "ppo"):
+        iterations = load_checkpoint(str(out / name / "ppo.pt"))["run_config"]["iterations"]
+        logged = [r for r in read_jsonl(out / name / "metrics.jsonl") if "kl" in r]
+        mine = [r for r in rows[1:] if r[1] == name]
+        assert [int(r[0]) for r in mine] == [r["step"] for r in logged] == list(range(1, iterations + 1)), name
+        assert [[float(x) for x in r[2:]] for r in mine] == [[m[k] for k in metrics] for m in logged], name
+    assert len(rows) == 1 + 2 * iterations
+
+    rows = read_csv(out / "plots" / "rm_accuracy.csv")
+    assert rows[0] == ["family", "pairs", "rm_train_labelers", "rm_heldout_labelers", "gold_ceiling_train_labelers",
+                       "gold_ceiling_heldout_labelers"]
+    acc = res["rm_accuracy"]
+    assert [r[0] for r in rows[1:]] == ["all", *acc["per_family"]]
+    for r, a in zip(rows[1:], [acc, *acc["per_family"].values()]):
+        assert int(r[1]) == a["pairs"] and float(r[3]) == a["heldout_labelers"]
+        assert float(r[5]) == a["gold_ceiling"]["heldout_labelers"]
+
+    rows = read_csv(out / "plots" / "win_rates.csv")
+    assert rows[0] == ["model", "win_rate", "ci95", "win_rate_t1", "ci95_t1"]
+    assert [r[0] for r in rows[1:]] == MODELS
+    assert all(float(r[1]) == res["win_rate_vs_sft"][r[0]] and float(r[2]) == res["win_ci95"][r[0]] for r in rows[1:])
+
+    table = (out / "results.md").read_text()
+    assert set(res["plots"]) == {"ppo_curves", "rm_accuracy", "win_rates"}
+    for path in res["plots"].values():
+        assert f"]({path})" in table and (out / path).exists(), path
+
+
+def test_run_sh_tiny_draws_the_plots_png(tiny_run):
+    """With matplotlib installed, the tiny run's plots/ has the three PNGs, and results.md links them."""
+    pytest.importorskip("matplotlib")
+    out, _, _ = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    for name in ("ppo_curves", "rm_accuracy", "win_rates"):
+        assert_png(out / "plots" / f"{name}.png")
+        assert res["plots"][name] == f"plots/{name}.png"
 
 
 def test_run_sh_sweep_needs_the_pipeline_first(tmp_path):

@@ -21,10 +21,15 @@ and the reward model's accuracy, next to its ceiling (how often the noiseless go
 with the noisy labelers), on the comparison val set and on pairs of SFT samples.
 "few" models (NAME=PATH@fewshot) get a few-shot prompt of demonstrations: the paper's "GPT-3 prompted".
 
-Writes into --out_dir: results.json (the schema below), results.md (the same as tables), eval.json (the
-numbers per model), responses/MODEL.jsonl ({"prompt", "response", "ended"} per test prompt, the decoding
-of --temperature). With --split=val the files are results_val.json, results_val.md, eval_val.json and
-responses_val/, and the judges are the training labelers: the numbers to tune on. results.json:
+A PPO checkpoint is reported as ppo_ptx or ppo by its own run config (ptx_coef > 0 or not), whatever
+--models calls it (ppo_label).
+
+Writes into --out_dir: results.json (the schema below), results.md (the same as tables, linking the plots),
+eval.json (the numbers per model), responses/MODEL.jsonl ({"prompt", "response", "ended"} per test prompt, the
+decoding of --temperature), plots/ (data/synthetic/plots.py: PPO per iteration from each PPO run's
+metrics.jsonl, the RM's accuracy per family, the win rates; CSV always, PNG where matplotlib is installed).
+With --split=val the files are results_val.json, results_val.md, eval_val.json, responses_val/ and plots_val/,
+and the judges are the training labelers: the numbers to tune on. results.json:
     win_rate_vs_sft, win_ci95, score, gold, rm_score, ended   {model: number}
     win_rate_vs_sft_t1, win_ci95_t1, score_t1, gold_t1        {model: number}   (temperature 1)
     per_family      {model: {family: {helpful, honest, harmless, style, gold}}}
@@ -35,6 +40,7 @@ responses_val/, and the judges are the training labelers: the numbers to tune on
     kl_to_sft       {model: nats}
     headroom        {sft_without_habits, ideal: {win_rate_vs_sft, win_ci95, gold}}: references, not models
     seconds         {stage: seconds}  (out_dir/seconds.json, which run.sh writes, plus this evaluation)
+    plots           {ppo_curves, rm_accuracy, win_rates: path relative to out_dir, the PNG or else the CSV}
     seed, num_prompts
 """
 
@@ -48,24 +54,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from common import ConfigError, load_lm, parse_config, run  # noqa: E402
-from data.formats import (atomic_write, read_jsonl, read_split, render_prompt, render_response,  # noqa: E402
-                          write_jsonl)
-from data.loader import encode_prompt, encode_response, generate_responses, load_split  # noqa: E402
-from data.synthetic import (HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_score, judge_mean, score,  # noqa: E402
-                            tasks, win_rate)
-from data.synthetic.labelers import TIE_EPS  # noqa: E402
-from data.synthetic.responses import without_habits  # noqa: E402
-from data.synthetic.tasks import ideal_answer  # noqa: E402
-from model import generate, pad_left, pad_right, response_logprobs, score_sequences  # noqa: E402
+from common import ConfigError, load_lm, parse_config, run
+from data.formats import atomic_write, read_jsonl, read_split, render_prompt, render_response, write_jsonl
+from data.loader import encode_prompt, encode_response, generate_responses, load_split
+from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_score, judge_mean, score, tasks, win_rate
+from data.synthetic.labelers import TIE_EPS
+from data.synthetic.plots import write_curves, write_rm_accuracy, write_win_rates
+from data.synthetic.responses import without_habits
+from data.synthetic.tasks import ideal_answer
+from model import generate, load_checkpoint, pad_left, pad_right, response_logprobs, score_sequences
 
 # What run.sh writes: PPO-ptx (the paper's InstructGPT, ppo.py's default ptx_coef) in out/ppo_ptx, PPO
-# without ptx in out/ppo.
+# without ptx in out/ppo; each PPO checkpoint is then named by its own run config (resolve_models).
 DEFAULT_MODELS = ("base=out/pretrain/pretrain.pt", "base_fewshot=out/pretrain/pretrain.pt@fewshot",
                   "sft=out/sft/sft.pt", "ppo_ptx=out/ppo_ptx/ppo.pt", "ppo=out/ppo/ppo.pt")
+MODEL_STAGES = ("pretrain", "sft", "ppo")  # the checkpoints that answer prompts
 LABELER_SETS = {"train_labelers": TRAIN_LABELERS, "heldout_labelers": HELDOUT_LABELERS}
 CRITERIA = ("helpful", "honest", "harmless", "style", "gold")
 
@@ -83,7 +89,53 @@ class EvalConfig:
     temperature: float = 0.0  # decoding of the main pass: 0 greedy (reproducible); 1 sampled with the seed
     sample_t1: bool = True  # also sample every model at T=1: win rates at T=1, KL to SFT, RM on SFT samples
     seed: int = 1337  # the pipeline's seed (reported in results.json) and the sampling seed
-    out_dir: str = "out"  # results.json, results.md, eval.json, responses/ go here; seconds.json is read here
+    out_dir: str = "out"  # results.json, results.md, eval.json, responses/, plots/ go here; seconds.json is read here
+
+
+# -----------------------------------------------------------------------------
+# the models and their names
+
+
+def ppo_label(name, path, run_config):
+    """
+    The name a PPO checkpoint is reported under. ppo and ppo_ptx are claims about the run, and its stored config
+    decides: a run with ptx_coef > 0 is PPO-ptx, one with 0 plain PPO. A name that claims the other prints one
+    warning line and is replaced; any other name, or a config without ptx_coef, is kept as given.
+    Warn rather than refuse: the wrong name is most often a default (an out_dir left as it was), not the user's
+    word, the truth is unambiguous, and an error would cost the user a rerun for a label we can set right.
+    """
+    if name not in ("ppo", "ppo_ptx") or "ptx_coef" not in run_config:
+        return name
+    truth = "ppo_ptx" if run_config["ptx_coef"] > 0 else "ppo"
+    if name != truth:
+        kind = "PPO-ptx" if truth == "ppo_ptx" else "plain PPO"
+        print(f"warning: {name}={path} was trained with ptx_coef={run_config['ptx_coef']:g} ({kind}): "
+              f"reported as {truth}")
+    return truth
+
+
+def resolve_models(models):
+    """
+    (specs, ppo_dirs): specs [(name, PATH[@fewshot])] from --models, or those of DEFAULT_MODELS whose checkpoint
+    exists, with every PPO checkpoint named by ppo_label; ppo_dirs {name: a PPO checkpoint's folder}, its run's
+    out_dir (where its metrics.jsonl is). Two models with one name are an error (one would hide the other).
+    """
+    specs, ppo_dirs = [], {}
+    for name, spec in (s.partition("=")[::2] for s in (models or DEFAULT_MODELS)):
+        path = spec.partition("@")[0]
+        if not models and not os.path.exists(path):
+            continue
+        ckpt = load_checkpoint(path, MODEL_STAGES)
+        if ckpt["stage"] == "ppo":
+            name = ppo_label(name, path, ckpt["run_config"])
+            ppo_dirs[name] = str(Path(path).parent)
+        specs.append((name, spec))
+    names = [n for n, _ in specs]
+    for n in dict.fromkeys(names):
+        if names.count(n) > 1:
+            raise ConfigError(f"two models are named {n} ({', '.join(s for m, s in specs if m == n)}): give each a "
+                              "name of its own in --models (names other than ppo and ppo_ptx are kept as given)")
+    return specs, ppo_dirs
 
 
 # -----------------------------------------------------------------------------
@@ -243,8 +295,8 @@ def accuracy_table(groups):
 def nearest_miss_accuracy(rm, tok, prompts):
     """How often the reward model scores a prompt's ideal answer above the family's nearest miss (its first
     wrong: one item too many, a sum off by one, two neighbours swapped ...), overall and per family: the
-    distinction a policy drifts across when the RM cannot make it. Prompts whose miss is no worse in gold
-    (none of the world's, in practice) are left out."""
+    distinction a policy drifts across when the RM cannot make it. Prompts whose miss is no worse in gold are
+    left out: there neither order would be wrong."""
     pairs = []
     for p in prompts:
         spec = tasks.parse(p)
@@ -266,7 +318,8 @@ def nearest_miss_accuracy(rm, tok, prompts):
 
 
 def rm_accuracy(rm, tok, data_dir, prompts=(), a=None, b=None):
-    """The reward model's accuracy (issue 10, point 5) on every pair of every ranking of comparisons_val.jsonl
+    """The reward model's accuracy, to compare with the gold ceiling (how far the RM is from the best any
+    reward model can do against these noisy labelers), on every pair of every ranking of comparisons_val.jsonl
     and, given two samples a and b of the SFT model on each prompt (sample()'s dicts), on those pairs
     (sft_samples: identical pairs left out; None without samples); on prompts, the ideal answer against
     the nearest miss (nearest_miss_accuracy)."""
@@ -326,6 +379,11 @@ def markdown(res, baseline):
                  num(res["kl_to_sft"].get(m), ".2f"), num(res["alignment_tax"][m]["ptx_loss"]),
                  num(res["alignment_tax"][m]["probe"])]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    titles = {"ppo_curves": "PPO per iteration: RM score, gold, KL, response length, EOS rate",
+              "rm_accuracy": "reward model accuracy per task family, next to the gold ceiling",
+              "win_rates": f"win rates vs {baseline} with 95% CIs"}
+    if res.get("plots"):
+        lines += ["", "Plots: " + "; ".join(f"[{titles[k]}]({p})" for k, p in res["plots"].items()) + "."]
     families = sorted({f for m in models for f in res["per_family"][m]})
     for k in CRITERIA:
         lines += ["", f"## Per task family: {k}", "", "| family | " + " | ".join(models) + " |",
@@ -381,7 +439,7 @@ def markdown(res, baseline):
 def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok, labelers):
     """One model's numbers and its responses: (results, main pass, T=1 pass or None)."""
     path, _, mode = spec.partition("@")
-    model, tok, ckpt = load_lm(path, stages=("pretrain", "sft", "ppo"))
+    model, tok, ckpt = load_lm(path, stages=MODEL_STAGES)
     model.eval()
     prefix = fewshot_prefix(args.data_dir) if mode == "fewshot" else ""
     is_base = ckpt["stage"] == "pretrain"
@@ -414,10 +472,9 @@ def main(argv=None):
     args = argv if isinstance(argv, EvalConfig) else parse_config(EvalConfig, argv)
     t_start = time.time()
     torch.set_flush_denormal(True)
-    specs = [s.partition("=")[::2] for s in (args.models or DEFAULT_MODELS)]
-    specs = [(name, path) for name, path in specs if args.models or os.path.exists(path.split("@")[0])]
     if args.split not in ("test", "val"):
         raise ConfigError(f"--split must be test or val, not {args.split!r}")
+    specs, ppo_dirs = resolve_models(args.models)
     # Tuning sees only what training may see: validation prompts and the training labelers (the paper's
     # held-out labelers and test prompts are for the final measurement).
     labelers, suffix = (HELDOUT_LABELERS, "") if args.split == "test" else (TRAIN_LABELERS, "_val")
@@ -427,7 +484,7 @@ def main(argv=None):
         rm, rm_tok, _ = load_lm(args.reward_model, stages=("reward",))
         rm.eval()
     if args.baseline in dict(specs):  # the SFT model: the reference of the KL
-        ref, ref_tok, _ = load_lm(dict(specs)[args.baseline].partition("@")[0], stages=("pretrain", "sft", "ppo"))
+        ref, ref_tok, _ = load_lm(dict(specs)[args.baseline].partition("@")[0], stages=MODEL_STAGES)
         ref.eval()
 
     # 1. each model's responses to the test prompts (greedy; T=1), judged; its alignment tax and KL to SFT
@@ -466,7 +523,7 @@ def main(argv=None):
                         b=sample(ref, ref_tok, prompts, args, 1.0, "", False, args.seed + 2 * len(prompts)))
         acc = rm_accuracy(rm, rm_tok, args.data_dir, **pair)
 
-    # 4. write responses/, results.json, results.md, eval.json
+    # 4. write responses/, plots/, results.json, results.md, eval.json
     out = Path(args.out_dir)
     for name, s in main_pass.items():
         write_jsonl(out / f"responses{suffix}" / f"{name}.jsonl",
@@ -474,8 +531,6 @@ def main(argv=None):
     # a run.sh run's stage times, and this one's (a tuning pass on val is no stage of it)
     timed = args.split == "test" and (out / "seconds.json").exists()
     seconds = json.loads((out / "seconds.json").read_text()) if timed else {}
-    if seconds:
-        seconds["eval"] = round(time.time() - t_start, 1)
 
     def column(key):
         return {m: r[key] for m, r in results.items() if key in r}
@@ -490,6 +545,14 @@ def main(argv=None):
            "examples": examples(prompts, {m: s["texts"] for m, s in main_pass.items()}),
            "seconds": seconds, "seed": args.seed,
            "num_prompts": len(prompts), "split": args.split}
+    pictures = {"ppo_curves": write_curves(ppo_dirs, out / f"plots{suffix}"),
+                "rm_accuracy": write_rm_accuracy(acc, out / f"plots{suffix}"),
+                "win_rates": write_win_rates(res, args.baseline, out / f"plots{suffix}")}
+    res["plots"] = {k: p.relative_to(out).as_posix() for k, p in pictures.items() if p is not None}
+    if res["plots"] and not any(p.endswith(".png") for p in res["plots"].values()):
+        print(f"matplotlib is not installed: PNGs skipped, {out / f'plots{suffix}'} has the CSVs")
+    if seconds:
+        seconds["eval"] = round(time.time() - t_start, 1)
     with atomic_write(out / f"results{suffix}.json") as f:
         json.dump(res, f, indent=1)
     table = markdown(res, args.baseline)
