@@ -9,12 +9,20 @@ import pytest
 import torch
 
 import ppo
-from data.formats import render_prompt, render_response, write_jsonl
 from common import ConfigError
-from data.loader import encode_prompt
+from data.formats import render_prompt, render_response, write_jsonl
+from data.loader import encode_prompt, load_split
 from data.synthetic import tasks
 from data.tokenizer import Tokenizer
-from model import GPT, GPTConfig, generate, load_model, response_logprobs, save_checkpoint
+from model import (
+    GPT,
+    GPTConfig,
+    generate,
+    load_model,
+    response_logprobs,
+    save_checkpoint,
+    score_sequences,
+)
 
 
 def ragged_mask(lengths, T):
@@ -319,7 +327,8 @@ def test_ptx_run_saves_a_usable_policy_and_requires_pretrain_data(world):
     assert ckpt["stage"] == "ppo" and not model.config.scalar_head
     assert generate(model, [[1, 2, 3]], 4)["seqs"].shape == (1, 7)
     resume = torch.load(tmp_path / "out" / "resume.pt", weights_only=True)
-    assert resume["step"] == 2 and resume["resumes"] == "ppo" and {"value_model", "optimizers", "kl_coef"} <= set(resume)
+    assert resume["step"] == 2 and resume["resumes"] == "ppo"
+    assert {"value_model", "optimizers", "kl_coef"} <= set(resume)
     history, _ = ppo.main(dataclasses.replace(cfg, init_from="resume", iterations=3),
                           reward_fn=lambda p, r: [float(len(x)) for x in r])
     assert [m["step"] for m in history] == [3]
@@ -405,3 +414,212 @@ def test_kl_is_measured_against_the_frozen_reference_after_the_policy_moved(worl
         kl = ((response_logprobs(policy, b["seqs"], b["attention_mask"], b["prompt_len"])
                - response_logprobs(ref, b["seqs"], b["attention_mask"], b["prompt_len"])) * b["response_mask"]).sum(1)
     assert kl.mean().item() > 0.05
+
+
+# -----------------------------------------------------------------------------
+# what main wires together: each test watches the tensors that really reach GAE, the losses or the
+# optimiser, never a logged copy of them
+
+
+@pytest.fixture
+def watch(monkeypatch):
+    """Records, at every call of GAE inside ppo.main, the rewards it receives, the rollout they came from, and
+    log pi(y_t) - log pi_SFT(y_t) recomputed by the test: pi the policy as it is at that moment (rollout time,
+    before the update) and pi_SFT a fresh load of the SFT checkpoint main was given."""
+    seen = {"gae": [], "policy_loss": [], "ptx": [], "minibatches": []}
+    real = {name: getattr(ppo, name) for name in ("load_models", "rollout", "gae", "policy_loss", "policy_backward")}
+
+    def load_models(cfg, *a, **kw):
+        models = real["load_models"](cfg, *a, **kw)
+        seen["policy"], seen["sft"] = models[0], load_model(cfg.init_from)[0].eval()
+        return models
+
+    def rollout(*a, **kw):
+        seen["batch"] = real["rollout"](*a, **kw)
+        return seen["batch"]
+
+    def gae(rewards, values, mask, *a):
+        b = seen["batch"]
+        with torch.no_grad():
+            log_ratio = (response_logprobs(seen["policy"], b["seqs"], b["attention_mask"], b["prompt_len"])
+                         - response_logprobs(seen["sft"], b["seqs"], b["attention_mask"], b["prompt_len"]))
+        seen["gae"].append({"rewards": rewards.clone(), "log_ratio": log_ratio * mask, "mask": mask.clone(),
+                            "batch": b})
+        return real["gae"](rewards, values, mask, *a)
+
+    def policy_loss(logprobs, old_logprobs, advantages, mask, *a, **kw):
+        seen["policy_loss"].append((advantages.detach().clone(), mask.clone(), logprobs.detach().clone(),
+                                    old_logprobs.detach().clone()))
+        return real["policy_loss"](logprobs, old_logprobs, advantages, mask, *a, **kw)
+
+    def policy_backward(policy, mb, cfg, n_tokens=None, ptx_batch=None, *a, **kw):
+        seen["ptx"].append(ptx_batch)
+        seen["minibatches"].append(mb["seqs"].clone())
+        return real["policy_backward"](policy, mb, cfg, n_tokens, ptx_batch, *a, **kw)
+
+    for name, fn in (("load_models", load_models), ("rollout", rollout), ("gae", gae),
+                     ("policy_loss", policy_loss), ("policy_backward", policy_backward)):
+        monkeypatch.setattr(ppo, name, fn)
+    return seen
+
+
+def last_token_scores(call, kl_coef):
+    """The score each row's last real token carries in the rewards GAE received, the KL part taken off."""
+    rewards, log_ratio, mask = call["rewards"], call["log_ratio"], call["mask"]
+    last = mask.sum(1).long() - 1
+    rows = torch.arange(len(last))
+    return rewards[rows, last] + kl_coef * log_ratio[rows, last]
+
+
+def test_gae_receives_the_kl_penalty_against_the_frozen_reference(world, watch):
+    """Once the policy has moved, the rewards reaching GAE are -beta * (log pi(y_t) - log pi_SFT(y_t)) at every
+    real response token, pi_SFT the frozen SFT model (not the rollout's own logprobs, which would make the penalty
+    vanish), plus the reward model's score at the last token: each row sums to score + non-score reward."""
+    tmp_path, tok = world
+    yes = tok.encode(" yes")[0]
+    cfg = tiny_config(tmp_path, iterations=4, batch_size=16, minibatch_size=8, lr=3e-3, value_lr=3e-3,
+                      kl_coef=0.3, no_eos_penalty=None, dtype="float32")
+    reward_fn = lambda p, r: [sum(t == yes for t in x) / len(x) for x in r]  # noqa: E731
+    ppo.main(cfg, reward_fn=reward_fn)
+    assert len(watch["gae"]) == 4
+    for call in watch["gae"]:
+        b, mask = call["batch"], call["mask"]
+        want = -0.3 * call["log_ratio"]
+        last = mask.sum(1).long() - 1
+        scores = torch.tensor(reward_fn(b["prompts"], b["response_lists"]))
+        want[torch.arange(len(last)), last] += scores
+        torch.testing.assert_close(call["rewards"], want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(call["rewards"].sum(1), scores - 0.3 * call["log_ratio"].sum(1),
+                                   atol=1e-5, rtol=1e-5)
+    assert watch["gae"][-1]["log_ratio"].abs().max() > 1e-2  # the policy moved: the penalty is not trivially 0
+
+
+def test_advantages_reaching_the_policy_loss_are_whitened(world, watch):
+    """The advantages that reach the clipped surrogate, gathered over one epoch's minibatches (together the
+    whole rollout), have mean 0 and standard deviation 1 over the real response tokens."""
+    tmp_path, tok = world
+    cfg = tiny_config(tmp_path, iterations=2, batch_size=16, minibatch_size=4, ppo_epochs=2, dtype="float32")
+    ppo.main(cfg, reward_fn=lambda p, r: [3.0 + len(x) for x in r])
+    per_iteration = (16 // 4) * 2
+    assert len(watch["policy_loss"]) == 2 * per_iteration
+    for it in range(2):
+        epoch = watch["policy_loss"][it * per_iteration:it * per_iteration + 16 // 4]
+        real = torch.cat([adv[mask.bool()] for adv, mask, _, _ in epoch])
+        assert real.numel() == int(watch["gae"][it]["mask"].sum())
+        assert real.mean().item() == pytest.approx(0.0, abs=1e-5)
+        assert real.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_cut_off_response_scores_the_no_eos_penalty(world, watch):
+    """A response that hits max_new_tokens without EOS carries no_eos_penalty as its score into GAE, whatever the
+    reward model says; a response that stopped carries the reward model's score."""
+    tmp_path, _ = world
+    cfg = tiny_config(tmp_path, iterations=1, batch_size=32, minibatch_size=16, max_new_tokens=3,
+                      no_eos_penalty=-1.0, dtype="float32")
+    ppo.main(cfg, reward_fn=lambda p, r: [5.0] * len(r))
+    call = watch["gae"][0]
+    ended = call["batch"]["ended"]
+    assert 0 < int(ended.sum()) < len(ended), "want both kinds of response"
+    scores = last_token_scores(call, cfg.kl_coef)
+    torch.testing.assert_close(scores, torch.where(ended, 5.0, -1.0), atol=1e-5, rtol=0)
+
+
+def test_ppo_scores_with_the_saved_reward_models_head(world, watch):
+    """Without a reward_fn, the score a stopped response carries into GAE is the saved reward model's, read at its
+    EOS through its head (bias and scale included), also after the value model, its copy, has moved."""
+    tmp_path, tok = world
+    rm, _ = load_model(str(tmp_path / "reward.pt"))
+    with torch.no_grad():
+        rm.score_head.bias.fill_(0.7)  # a normalisation that a head-less read would lose
+        rm.score_head.weight.mul_(30.0)
+    save_checkpoint(str(tmp_path / "reward.pt"), stage="reward", model=rm, run_config={}, tokenizer=tok)
+    cfg = tiny_config(tmp_path, iterations=3, batch_size=16, minibatch_size=8, value_lr=1e-2, no_eos_penalty=-5.0,
+                      dtype="float32")
+    ppo.main(cfg)
+    fresh, _ = load_model(str(tmp_path / "reward.pt"))
+    for call in watch["gae"]:
+        b = call["batch"]
+        want = score_sequences(fresh.eval(), [list(p) + list(r) for p, r in zip(b["prompts"], b["response_lists"])])
+        want = torch.where(b["ended"], want, -5.0)
+        torch.testing.assert_close(last_token_scores(call, cfg.kl_coef), want, atol=1e-4, rtol=1e-4)
+    assert watch["gae"][-1]["rewards"].abs().max() > 0.5
+
+
+def test_ptx_windows_come_from_the_pretraining_split(world, watch):
+    """Every ptx batch that reaches the policy's backward pass is made of windows of the pretraining train split
+    (never its val split, never the prompts), each target row its input shifted by one token."""
+    tmp_path, tok = world
+    train_text, val_text = "Human: a b yes no b a a yes", "Assistant: no no no no no no"
+    write_jsonl(tmp_path / "data" / "pretrain_train.jsonl", [{"text": train_text}] * 3)
+    write_jsonl(tmp_path / "data" / "pretrain_val.jsonl", [{"text": val_text}] * 3)
+    cfg = tiny_config(tmp_path, ptx_coef=0.5, ptx_seq_len=6, ptx_batch_size=4, dtype="float32")
+    ppo.main(cfg, reward_fn=lambda p, r: [0.0] * len(r))
+    stream = ",".join(map(str, load_split(str(tmp_path / "data"), "pretrain", "train", tok).stream.tolist()))
+    assert len(watch["ptx"]) == cfg.iterations * cfg.ppo_epochs * (cfg.batch_size // cfg.minibatch_size)
+    for x, y in watch["ptx"]:
+        assert x.shape == (4, 6) and torch.equal(x[:, 1:], y[:, :-1])
+        for row_x, row_y in zip(x.tolist(), y.tolist()):
+            assert "," + ",".join(map(str, row_x + row_y[-1:])) + "," in "," + stream + ","
+
+
+def test_first_minibatch_recomputes_the_rollouts_logprobs_at_its_temperature(world, watch):
+    """Before the first optimizer step of an iteration the policy is the one that sampled, so the logprobs the
+    surrogate recomputes equal the rollout's (ratio exactly 1), at a sampling temperature other than 1 too."""
+    tmp_path, _ = world
+    cfg = tiny_config(tmp_path, iterations=2, batch_size=16, minibatch_size=8, temperature=0.7, lr=3e-3,
+                      dtype="float32")
+    ppo.main(cfg, reward_fn=lambda p, r: [float(len(x)) for x in r])
+    per_iteration = cfg.ppo_epochs * cfg.batch_size // cfg.minibatch_size
+    for it in range(cfg.iterations):
+        _, mask, logprobs, old_logprobs = watch["policy_loss"][it * per_iteration]
+        torch.testing.assert_close(logprobs * mask, old_logprobs * mask, atol=1e-5, rtol=0)
+    _, mask, logprobs, old_logprobs = watch["policy_loss"][per_iteration - 1]
+    assert ((logprobs - old_logprobs) * mask).abs().max() > 1e-4  # later minibatches see a moved policy
+
+
+def test_every_ppo_epoch_reshuffles_the_minibatches(world, watch):
+    """Each epoch splits the rollout into a new partition of minibatches (the same episodes, other groups)."""
+    tmp_path, _ = world
+    cfg = tiny_config(tmp_path, iterations=1, batch_size=16, minibatch_size=4, ppo_epochs=2, dtype="float32")
+    ppo.main(cfg, reward_fn=lambda p, r: [0.0] * len(r))
+    groups = [{tuple(row.tolist()) for row in mb} for mb in watch["minibatches"]]
+    first, second = groups[:4], groups[4:]
+    assert set().union(*first) == set().union(*second)
+    assert sorted(map(sorted, first)) != sorted(map(sorted, second))
+
+
+def test_value_model_learns_the_returns(world):
+    """The value model steps: against a constant reward its loss falls by more than half in a few iterations."""
+    tmp_path, _ = world
+    cfg = tiny_config(tmp_path, iterations=6, batch_size=16, minibatch_size=8, lr=0.0, value_lr=1e-2,
+                      kl_coef=0.0, no_eos_penalty=None, dtype="float32")
+    history, _ = ppo.main(cfg, reward_fn=lambda p, r: [2.0] * len(r))
+    assert history[-1]["vf_loss"] < 0.5 * history[0]["vf_loss"], [m["vf_loss"] for m in history]
+
+
+def test_adaptive_beta_survives_a_resume(world):
+    """With the adaptive controller, a run resumed after iteration 2 goes on with the beta it had reached, as the
+    uninterrupted run does."""
+    tmp_path, tok = world
+    yes = tok.encode(" yes")[0]
+    reward_fn = lambda p, r: [sum(t == yes for t in x) / len(x) for x in r]  # noqa: E731
+    cfg = tiny_config(tmp_path, iterations=4, lr=3e-3, adaptive_kl=True, kl_target=0.01, kl_horizon=16,
+                      dtype="float32")
+    whole, _ = ppo.main(cfg, reward_fn=reward_fn)
+    part = dataclasses.replace(cfg, out_dir=str(tmp_path / "part"))
+    ppo.main(dataclasses.replace(part, iterations=2), reward_fn=reward_fn)
+    rest, _ = ppo.main(dataclasses.replace(part, init_from="resume"), reward_fn=reward_fn)
+    assert whole[1]["kl_coef"] != cfg.kl_coef
+    assert [m["kl_coef"] for m in rest] == [m["kl_coef"] for m in whole[2:]]
+
+
+def test_policy_stats_hand_values():
+    """approx_kl is the k3 estimator mean((r - 1) - log r) over real tokens, >= 0 for any ratios, and clipfrac the
+    fraction of real tokens whose ratio r = exp(logp - old_logp) left [1 - eps, 1 + eps]."""
+    old = torch.zeros(1, 4)
+    new = torch.tensor([[0.5, -0.5, 0.1, 9.0]])  # the last token is padding
+    mask = ragged_mask([3], 4)
+    r = torch.exp(new[0, :3])
+    stats = ppo.policy_stats(new, old, mask, clip_eps=0.2)
+    assert stats["approx_kl"] == pytest.approx(((r - 1) - torch.log(r)).mean().item(), rel=1e-6)
+    assert stats["clipfrac"] == pytest.approx(2 / 3)
