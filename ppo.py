@@ -83,7 +83,8 @@ class PPOConfig:
     # offset; the scale brings gold's spread to the RM's unit std, so that beta means the same. The judge scores
     # a response that does not stop itself, so no_eos_penalty does not apply; the log's rm_score is the oracle's.
     oracle_scale: float = 0.0  # > 0: score with oracle_scale * (gold - 1) instead of the reward model
-    data_dir: str = "data/synthetic"  # prompts_train.jsonl (rollouts), pretrain_train.jsonl (ptx)
+    data_dir: str = "data/synthetic"  # prompts_{train,val}.jsonl (rollouts, evaluation); judge.json where there is one
+    ptx_data_dir: str = ""  # pretrain_train.jsonl of the ptx term, any plain-text folder; "": data_dir's
     out_dir: str = "out/ppo_ptx"  # ppo.pt (the policy), resume.pt, metrics.jsonl (plain PPO: pass out/ppo)
     # rollouts
     iterations: int = 60  # PPO iterations; each samples batch_size episodes, then updates
@@ -466,12 +467,15 @@ def load_rollout_data(cfg, tok, block_size, judge, master=True):
     if cfg.oracle_scale > 0 and not judge:
         raise ConfigError(f"--oracle_scale={cfg.oracle_scale} scores with the data's gold score, but {cfg.data_dir} "
                           f"has no judge (judge.json): use the reward model (--oracle_scale=0)")
-    if cfg.ptx_coef > 0 and not (Path(cfg.data_dir) / "pretrain_train.jsonl").exists():
-        raise ConfigError(f"--ptx_coef={cfg.ptx_coef} mixes in pretraining text, but {cfg.data_dir}/"
-                          f"pretrain_train.jsonl does not exist: prepare it, or run plain PPO with --ptx_coef=0")
+    ptx_dir = cfg.ptx_data_dir or cfg.data_dir
+    if cfg.ptx_coef > 0 and not (Path(ptx_dir) / "pretrain_train.jsonl").exists():
+        raise ConfigError(f"--ptx_coef={cfg.ptx_coef} mixes in pretraining text, but {ptx_dir}/pretrain_train.jsonl "
+                          f"does not exist: pass a folder that has it with --ptx_data_dir=DIR (python "
+                          f"data/text/prepare.py --src=FILES writes one), or run plain PPO with --ptx_coef=0")
     with vocabulary_of(cfg.init_from, cfg.data_dir):
         split = load_split(cfg.data_dir, "prompts", "train", tok)
-        ptx_stream = load_split(cfg.data_dir, "pretrain", "train", tok).stream if cfg.ptx_coef > 0 else None
+    with vocabulary_of(cfg.init_from, ptx_dir):
+        ptx_stream = load_split(ptx_dir, "pretrain", "train", tok).stream if cfg.ptx_coef > 0 else None
     keep = fitting(split.prompts.lengths, block_size - cfg.max_new_tokens, split.name, master)
     prompt_texts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "train")] if judge else None
     return split, keep, prompt_texts, ptx_stream

@@ -83,9 +83,11 @@ MUTANTS = [
     dict(file="ppo.py", old="ref_logprobs = in_chunks(lambda s, a: response_logprobs(ref_policy, s, a, P, cfg.temperature), batch, chunk)",
          new="ref_logprobs = in_chunks(lambda s, a: response_logprobs(policy, s, a, P, cfg.temperature), batch, chunk)",
          tests="tests/test_ppo.py", why="the KL measured against the current policy"),
-    dict(file="ppo.py", old="ptx_stream = load_split(cfg.data_dir, \"pretrain\", \"train\", tok).stream",
-         new="ptx_stream = load_split(cfg.data_dir, \"pretrain\", \"val\", tok).stream", tests="tests/test_ppo.py",
+    dict(file="ppo.py", old="ptx_stream = load_split(ptx_dir, \"pretrain\", \"train\", tok).stream",
+         new="ptx_stream = load_split(ptx_dir, \"pretrain\", \"val\", tok).stream", tests="tests/test_ppo.py",
          why="the ptx term trained on the held-out text it is measured on"),
+    dict(file="ppo.py", old="ptx_dir = cfg.ptx_data_dir or cfg.data_dir", new="ptx_dir = cfg.data_dir",
+         tests="tests/test_ppo.py", why="--ptx_data_dir ignored: the ptx text read from the preference folder"),
     dict(file="ppo.py", old="P, chunk = batch[\"prompt_len\"], cfg.minibatch_size // rt.world_size\n    with rt.autocast():\n"
          "        logprobs, entropy = in_chunks(lambda s, a: response_logprobs(policy, s, a, P, cfg.temperature, True),",
          new="P, chunk = batch[\"prompt_len\"], cfg.minibatch_size // rt.world_size\n    with rt.autocast():\n"

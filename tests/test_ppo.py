@@ -623,3 +623,19 @@ def test_policy_stats_hand_values():
     stats = ppo.policy_stats(new, old, mask, clip_eps=0.2)
     assert stats["approx_kl"] == pytest.approx(((r - 1) - torch.log(r)).mean().item(), rel=1e-6)
     assert stats["clipfrac"] == pytest.approx(2 / 3)
+
+
+def test_ptx_data_dir_reads_the_pretraining_text_of_another_folder(world, watch):
+    """With --ptx_data_dir, the ptx windows are those of that folder's pretraining text, while the prompts come from
+    --data_dir, which has no pretraining text of its own (as a preference dataset has none)."""
+    tmp_path, tok = world
+    write_jsonl(tmp_path / "text" / "pretrain_train.jsonl", [{"text": "Human: b b yes a no no a"}] * 3)
+    cfg = tiny_config(tmp_path, iterations=1, ptx_coef=0.5, ptx_seq_len=5, ptx_batch_size=2, dtype="float32")
+    with pytest.raises(ConfigError, match="--ptx_data_dir"):
+        ppo.main(cfg, reward_fn=lambda p, r: [0.0] * len(r))
+    ppo.main(dataclasses.replace(cfg, ptx_data_dir=str(tmp_path / "text")), reward_fn=lambda p, r: [0.0] * len(r))
+    stream = ",".join(map(str, load_split(str(tmp_path / "text"), "pretrain", "train", tok).stream.tolist()))
+    assert watch["ptx"] and all(x is not None for x in watch["ptx"])
+    for x, y in watch["ptx"]:
+        for row_x, row_y in zip(x.tolist(), y.tolist()):
+            assert "," + ",".join(map(str, row_x + row_y[-1:])) + "," in "," + stream + ","
