@@ -31,8 +31,23 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (ConfigError, Interrupt, MetricsLog, check_finite, configure_optimizer, cosine_lr, load_lm, load_resume,
-                    optimizer_step, parse_config, run, save_resume, set_lr, setup_runtime, vocabulary_of)
+from common import (
+    ConfigError,
+    Interrupt,
+    MetricsLog,
+    check_finite,
+    configure_optimizer,
+    cosine_lr,
+    load_lm,
+    load_resume,
+    optimizer_step,
+    parse_config,
+    run,
+    save_resume,
+    set_lr,
+    setup_runtime,
+    vocabulary_of,
+)
 from data import load_judge
 from data.formats import read_split
 from data.loader import encode_prompt, fitting, generate_responses, length_bucketed_batches, load_split
@@ -42,7 +57,7 @@ from model import last_token_scores, save_checkpoint, score_sequences
 @dataclass
 class RewardConfig:
     """Train a reward model on ranked comparisons (InstructGPT step 2, eq. 1)."""
-    init_from: str = "out/sft/sft.pt"  # the SFT (or pretrain) checkpoint whose transformer it starts from | resume
+    init_from: str = "out/sft/sft.pt"  # the SFT (or pretrain) checkpoint whose transformer it takes | resume
     data_dir: str = "data/synthetic"  # comparisons_{train,val}.jsonl; sft_train.jsonl for the bias
     out_dir: str = "out/reward"  # reward.pt, resume.pt and metrics.jsonl go here
     epochs: float = 1.0  # passes over the training prompts (the paper: 1; more epochs overfit)
@@ -66,7 +81,7 @@ class RewardConfig:
     norm_samples: int = 512  # its samples (T=1, on training comparison prompts) for the scale
     norm_max_tokens: int = 48  # their length limit (PPO's max_new_tokens)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, fp16 on older GPUs, else fp32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (native bf16 on GPU or CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
     seed: int = 1337  # data order (and dropout)
 
 
@@ -128,7 +143,6 @@ def pad_rewards(flat, num_responses):
     return flat.new_zeros(B, K).index_put((row, col), flat)
 
 
-
 # -----------------------------------------------------------------------------
 # Data: prompts with their ranked responses
 
@@ -163,6 +177,45 @@ class Comparisons:
         return seqs, torch.tensor(num_responses)
 
 
+def global_batch(train, step, batch_size, seed):
+    """The rows of train that make up the global batch of this step: batch_size prompts of similar lengths,
+    full batches only, in an order that is a function of (seed, epoch) so that a resumed run sees the batches
+    an uninterrupted one would."""
+    epoch, j = divmod(step, len(train) // batch_size)
+    batches = length_bucketed_batches(train.longest, batch_size, seed + epoch)
+    return [b for b in batches if len(b) == batch_size][j]
+
+
+# -----------------------------------------------------------------------------
+# One training step's gradient
+
+
+def accumulate_gradients(train_model, train, rows, micro_batch_size, scaler, rt, step):
+    """
+    The backward passes of eq. 1 for one global batch of prompts (rows of train): each rank takes every
+    W-th prompt, micro_batch_size prompts per pass (0: all), each prompt's K responses in one padded forward.
+    The gradient is that of the mean loss over all the batch's prompts, whatever the micro-batches and ranks.
+    Returns this rank's sums: (loss over its prompts, pairs in the labelers' order, pairs, tokens forwarded).
+    """
+    mine = rows[rt.rank::rt.world_size]
+    n_chunks = math.ceil(len(mine) / (micro_batch_size or len(mine)))
+    loss_sum = correct_sum = pairs_sum = 0.0
+    n_tokens = 0
+    for c, chunk in enumerate(np.array_split(mine, n_chunks)):
+        seqs, num_responses = train.batch(chunk)
+        n_tokens += sum(len(s) for s in seqs)
+        with train_model.no_sync() if rt.ddp and c < n_chunks - 1 else contextlib.nullcontext():
+            rewards = pad_rewards(last_token_scores(train_model, seqs, rt.autocast), num_responses)
+            loss = ranking_loss(rewards, num_responses.to(rewards.device))  # (B, K) -> mean over prompts
+            check_finite(loss, "the ranking loss", f"at step {step}")
+            # weighted by the chunk's share of the global batch (DDP averages the ranks' gradients)
+            scaler.scale(loss * len(chunk) * rt.world_size / len(rows)).backward()
+        correct, pairs = pair_accuracy(rewards.detach(), num_responses.to(rewards.device))
+        loss_sum, correct_sum = loss_sum + loss.item() * len(chunk), correct_sum + correct.sum().item()
+        pairs_sum += pairs.sum().item()
+    return loss_sum, correct_sum, pairs_sum, n_tokens
+
+
 # -----------------------------------------------------------------------------
 # Evaluation and the normalisation
 
@@ -181,7 +234,8 @@ def evaluate(model, val, rows, rt, batch_size, judge=None, texts=None, show=0):
     sums = {"loss": 0.0, "prompts": 0.0, "correct": 0.0, "pairs": 0.0}
     sums.update({f"{n}_k{k}": 0.0 for k in ks for n in ("correct", "pairs")})
     sums.update({f"{n}_rank{r}": 0.0 for r in range(k_max) for n in ("reward", "count")})
-    sums.update({f"{n}_{who}": 0.0 for who in ("train", "heldout") for n in ("agree", "judged")} if judge else {})
+    if judge:
+        sums.update({f"{n}_{who}": 0.0 for who in ("train", "heldout") for n in ("agree", "judged")})
     mine = rows[rt.rank::rt.world_size]
     order = mine[np.argsort(val.longest[mine], kind="stable")]  # similar lengths together: less padding
     for start in range(0, len(order), batch_size):
@@ -212,7 +266,8 @@ def evaluate(model, val, rows, rt, batch_size, judge=None, texts=None, show=0):
                 print(f"    rank {x}  reward {rw[x]:+.3f}  {resp[:80]!r}")
     sums = {k: rt.sum(v) for k, v in sums.items()}
     out = {"val/loss": sums["loss"] / sums["prompts"], "val/acc": sums["correct"] / sums["pairs"]}
-    out.update({f"val/acc_k{k}": sums[f"correct_k{k}"] / sums[f"pairs_k{k}"] for k in ks if sums[f"pairs_k{k}"]})
+    out.update({f"val/acc_k{k}": sums[f"correct_k{k}"] / sums[f"pairs_k{k}"]
+                for k in ks if sums[f"pairs_k{k}"]})
     out.update({f"val/reward_rank{r}": sums[f"reward_rank{r}"] / sums[f"count_rank{r}"]
                 for r in range(k_max) if sums[f"count_rank{r}"]})
     out.update({f"val/judge_acc_{who}": sums[f"agree_{who}"] / sums[f"judged_{who}"]
@@ -249,18 +304,49 @@ def policy_reward_std(model, policy_path, tok, prompts, cfg, rt):
     room = model.config.block_size - cfg.norm_max_tokens
     prompts = [p for p in prompts if len(encode_prompt(tok, p)) <= room]
     if len(prompts) < 2:
-        raise ConfigError(f"only {len(prompts)} prompts leave room for --norm_max_tokens={cfg.norm_max_tokens} in "
-                          f"the context of {model.config.block_size}: lower it, or --norm_policy=none")
+        raise ConfigError(f"only {len(prompts)} prompts leave room for --norm_max_tokens={cfg.norm_max_tokens} "
+                          f"in the context of {model.config.block_size}: lower it, or --norm_policy=none")
     was_training = model.training
     model.eval()
-    _, _, tokens = generate_responses(policy.eval(), tok, prompts, cfg.norm_max_tokens, 1.0, cfg.eval_batch_size,
-                                      seed=cfg.seed, autocast=rt.autocast)
+    _, _, tokens = generate_responses(policy.eval(), tok, prompts, cfg.norm_max_tokens, 1.0,
+                                      cfg.eval_batch_size, seed=cfg.seed, autocast=rt.autocast)
     rewards = score_sequences(model, [encode_prompt(tok, p) + t for p, t in zip(prompts, tokens)], rt.autocast,
                               cfg.eval_batch_size).double()
     model.train(was_training)
     if rewards.std() <= 0:
         raise ConfigError(f"the samples of {policy_path} all get the same reward: use --norm_policy=none")
     return rewards.std().item(), len(prompts)
+
+
+def normalise(model, policy, tok, cfg, rt):
+    """
+    Bias and scale of the scalar head, in place, after training: the bias so that the demonstrations' mean
+    reward is 0 (the paper), then the scale so that the rewards of policy's samples have std 1 (unless policy
+    is none). Pairwise differences keep their sign, hence the loss's minimiser and every accuracy; PPO's
+    rewards become centred on SFT behaviour, in units that make beta mean the same for any RM.
+    Returns what was measured, for the checkpoint and the log.
+    """
+    extra = {}
+    demos = demonstration_mean_reward(model, cfg.data_dir, tok, rt, cfg.eval_batch_size, cfg.norm_demos)
+    if demos is not None:
+        with torch.no_grad():
+            model.score_head.bias -= demos[0]
+        extra.update(demo_mean_reward_before=demos[0], demos_scored=demos[1])
+        if rt.master:
+            print(f"demonstrations: mean reward {demos[0]:+.4f} over {demos[1]}; bias set so that it is 0")
+    elif rt.master:
+        print(f"warning: {cfg.data_dir} has no sft_train.jsonl: the reward bias is left as trained")
+    if policy and policy not in ("none", "resume") and cfg.norm_samples:
+        prompts = [r["prompt"] for r in read_split(cfg.data_dir, "comparisons", "train")[:cfg.norm_samples]]
+        std, n = policy_reward_std(model, policy, tok, prompts, cfg, rt)
+        with torch.no_grad():
+            model.score_head.weight /= std
+            model.score_head.bias /= std
+        extra.update(reward_scale=1.0 / std, scale_samples=n)
+        if rt.master:
+            print(f"{policy} samples: reward std {std:.4f} over {n}; head scaled so that it is 1")
+    extra["reward_bias"] = model.score_head.bias.item()
+    return extra
 
 
 # -----------------------------------------------------------------------------
@@ -274,73 +360,50 @@ def main(argv=None):
 
     # 1. the model: the SFT transformer with a fresh (zero) scalar head in place of the unembedding
     source = resume_path if cfg.init_from == "resume" else cfg.init_from
-    model, tok, ckpt = load_lm(source, rt.device, stages=("resume",) if source == resume_path else ("pretrain", "sft"),
-                               scalar_head=True, dropout=cfg.dropout, default=cfg.init_from == RewardConfig.init_from)
-    block_size = model.config.block_size
+    stages = ("resume",) if source == resume_path else ("pretrain", "sft")
+    model, tok, ckpt = load_lm(source, rt.device, stages=stages, scalar_head=True, dropout=cfg.dropout,
+                               default=cfg.init_from == RewardConfig.init_from)
+    resume = ckpt["stage"] == "resume"
 
-    # 2. data: prompts with their K ranked responses, longest first dropped if they do not fit
+    # 2. data: prompts with their K ranked responses, best first; prompts whose longest one does not fit dropped
     with vocabulary_of(source, cfg.data_dir):
-        train = Comparisons(cfg.data_dir, "train", tok, block_size, rt.master)
-        val = Comparisons(cfg.data_dir, "val", tok, block_size, rt.master)
+        train = Comparisons(cfg.data_dir, "train", tok, model.config.block_size, rt.master)
+        val = Comparisons(cfg.data_dir, "val", tok, model.config.block_size, rt.master)
     val_texts, judge = read_split(cfg.data_dir, "comparisons", "val"), load_judge(cfg.data_dir)
     eval_rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(val))[:cfg.eval_prompts or None])
-    W = rt.world_size
-    # Global batches of batch_size prompts (length-bucketed, a function of (seed, epoch)); each rank takes
-    # every W-th prompt of a batch, so N ranks see exactly the batch one process would.
-    if cfg.batch_size % W or len(train) < cfg.batch_size:
-        raise ConfigError(f"--batch_size={cfg.batch_size} must divide among {W} ranks and not exceed the "
-                          f"{len(train)} training prompts")
-    batches_per_epoch = len(train) // cfg.batch_size  # full batches only: every rank gets batch_size / W
+    # each rank takes every W-th prompt of a global batch, so N ranks see exactly the batch one process would
+    if cfg.batch_size % rt.world_size or len(train) < cfg.batch_size:
+        raise ConfigError(f"--batch_size={cfg.batch_size} must divide among {rt.world_size} ranks and not "
+                          f"exceed the {len(train)} training prompts")
+    batches_per_epoch = len(train) // cfg.batch_size
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * batches_per_epoch))
-
-    def batch_for(step):
-        epoch, j = divmod(step, batches_per_epoch)
-        batches = length_bucketed_batches(train.longest, cfg.batch_size, cfg.seed + epoch)
-        return [b for b in batches if len(b) == cfg.batch_size][j]
 
     # 3. optimizer. Eq. 1 sees only reward differences, so the head's bias gets no gradient but rounding
     #    noise that Adam would blow up to lr-sized steps: it is frozen, and step 5 sets it.
     model.score_head.bias.requires_grad_(False)
     optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, rt.device_type)
-    step = load_resume(resume_path, "reward", rt, {"rm": optimizer})["step"] if ckpt["stage"] == "resume" else 0
+    step = load_resume(resume_path, "reward", rt, {"rm": optimizer})["step"] if resume else 0
     train_model, scaler = rt.wrap(model), rt.grad_scaler()
-    log = MetricsLog(cfg.out_dir, rt.master, step if ckpt["stage"] == "resume" else None)
+    log = MetricsLog(cfg.out_dir, rt.master, step if resume else None)
 
-    def save_state():
-        save_resume(resume_path, rt, model=model, run_config=cfg, tokenizer=tok, of="reward", step=step,
-                    optimizers={"rm": optimizer})
-
-    # 4. training: each step, the K responses of every prompt in one padded forward, eq. 1 over all pairs
+    # 4. training: each step, eq. 1 over all the pairs of each prompt of a global batch
     bar = tqdm(total=total_steps, initial=step, disable=not rt.master, desc="reward", dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
     with Interrupt(rt) as interrupt:
         while step < total_steps:
             lr = cosine_lr(step, total_steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
             set_lr(optimizer, lr)
-            rows = batch_for(step)
-            mine = rows[rt.rank::W]
-            n_chunks = math.ceil(len(mine) / (cfg.micro_batch_size or len(mine)))
-            loss_sum = correct_sum = pairs_sum = 0.0
-            for c, chunk in enumerate(np.array_split(mine, n_chunks)):
-                seqs, num_responses = train.batch(chunk)
-                tokens_seen += sum(len(s) for s in seqs)
-                with train_model.no_sync() if rt.ddp and c < n_chunks - 1 else contextlib.nullcontext():
-                    rewards = pad_rewards(last_token_scores(train_model, seqs, rt.autocast), num_responses)
-                    loss = ranking_loss(rewards, num_responses.to(rewards.device))  # (B, K) -> mean over prompts
-                    check_finite(loss, "the ranking loss", f"at step {step}")
-                    # weighted by the chunk's share of the global batch: the step's loss is the mean over all
-                    # its prompts whatever the micro-batches and ranks (DDP averages the ranks' gradients)
-                    scaler.scale(loss * len(chunk) * W / len(rows)).backward()
-                correct, pairs = pair_accuracy(rewards.detach(), num_responses.to(rewards.device))
-                loss_sum, correct_sum = loss_sum + loss.item() * len(chunk), correct_sum + correct.sum().item()
-                pairs_sum += pairs.sum().item()
+            rows = global_batch(train, step, cfg.batch_size, cfg.seed)
+            loss_sum, correct_sum, pairs_sum, n_tokens = accumulate_gradients(
+                train_model, train, rows, cfg.micro_batch_size, scaler, rt, step)
             grad_norm = optimizer_step(train_model, optimizer, scaler, cfg.grad_clip, f"at step {step}")
             step += 1
-            loss_b, acc_b = rt.sum(loss_sum) / len(rows), rt.sum(correct_sum) / rt.sum(pairs_sum)
+            loss, acc = rt.sum(loss_sum) / len(rows), rt.sum(correct_sum) / rt.sum(pairs_sum)
+            tokens_seen += n_tokens
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_b:.4f}", acc=f"{acc_b:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", lr=f"{lr:.2e}")
             if step % cfg.log_interval == 0 or step == total_steps:
-                log({"step": step, "epoch": step / batches_per_epoch, "lr": lr, "loss": loss_b, "acc": acc_b,
+                log({"step": step, "epoch": step / batches_per_epoch, "lr": lr, "loss": loss, "acc": acc,
                      "grad_norm": grad_norm, "tokens_per_s": rt.sum(tokens_seen) / (time.time() - t0)})
                 t0, tokens_seen = time.time(), 0
             if cfg.eval_interval and step % cfg.eval_interval == 0 and step < total_steps:
@@ -349,37 +412,19 @@ def main(argv=None):
                 log({"step": step, **metrics})
                 bar.write(f"step {step}: val loss {metrics['val/loss']:.4f}, val acc {metrics['val/acc']:.3f}")
             if (cfg.ckpt_interval and step % cfg.ckpt_interval == 0) or interrupt.requested():
-                save_state()
+                save_resume(resume_path, rt, model=model, run_config=cfg, tokenizer=tok, of="reward", step=step,
+                            optimizers={"rm": optimizer})
                 if interrupt.requested() and step < total_steps:
                     print(f"interrupted: saved {resume_path}; continue with --init_from=resume")
                     raise SystemExit(130)
     bar.close()
-    save_state()
+    # resume.pt keeps the trained head before step 5, so that a resumed run normalises it afresh
+    save_resume(resume_path, rt, model=model, run_config=cfg, tokenizer=tok, of="reward", step=step,
+                optimizers={"rm": optimizer})
 
-    # 5. normalisation: a bias so that the demonstrations' mean reward is 0 (the paper). Pairwise differences,
-    #    hence the loss and every accuracy, do not change; PPO's rewards become centred on SFT behaviour.
-    extra = {}
-    demos = demonstration_mean_reward(model, cfg.data_dir, tok, rt, cfg.eval_batch_size, cfg.norm_demos)
-    if demos is not None:
-        with torch.no_grad():
-            model.score_head.bias -= demos[0]
-        extra.update(demo_mean_reward_before=demos[0], demos_scored=demos[1])
-        if rt.master:
-            print(f"demonstrations: mean reward {demos[0]:+.4f} over {demos[1]}; bias set so that it is 0")
-    elif rt.master:
-        print(f"warning: {cfg.data_dir} has no sft_train.jsonl: the reward bias is left as trained")
-    policy = cfg.norm_policy or (ckpt.get("run_config", {}).get("init_from") if cfg.init_from == "resume"
-                                 else cfg.init_from)
-    if policy and policy not in ("none", "resume") and cfg.norm_samples:
-        prompts = [r["prompt"] for r in read_split(cfg.data_dir, "comparisons", "train")[:cfg.norm_samples]]
-        std, n = policy_reward_std(model, policy, tok, prompts, cfg, rt)
-        with torch.no_grad():
-            model.score_head.weight /= std
-            model.score_head.bias /= std
-        extra.update(reward_scale=1.0 / std, scale_samples=n)
-        if rt.master:
-            print(f"{policy} samples: reward std {std:.4f} over {n}; head scaled so that it is 1")
-    extra["reward_bias"] = model.score_head.bias.item()
+    # 5. normalisation of the head, from demonstrations and the policy's samples (the rewards PPO will read)
+    trained_from = ckpt.get("run_config", {}).get("init_from") if cfg.init_from == "resume" else cfg.init_from
+    extra = normalise(model, cfg.norm_policy or trained_from, tok, cfg, rt)
 
     # 6. final validation over every val prompt (with the labelers' agreement where the data has a judge)
     metrics = evaluate(model, val, np.arange(len(val)), rt, cfg.eval_batch_size, judge, val_texts,

@@ -27,10 +27,32 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import (ConfigError, Interrupt, MetricsLog, configure_optimizer, cosine_lr, estimate_mfu, load_lm,
-                    load_resume, optimizer_step, parse_config, run, save_resume, set_lr, setup_runtime, vocabulary_of)
+from common import (
+    ConfigError,
+    Interrupt,
+    MetricsLog,
+    configure_optimizer,
+    cosine_lr,
+    estimate_mfu,
+    load_lm,
+    load_resume,
+    optimizer_step,
+    parse_config,
+    run,
+    save_resume,
+    set_lr,
+    setup_runtime,
+    vocabulary_of,
+)
 from data.formats import read_split
-from data.loader import encode_prompt, fitting, generate_responses, length_bucketed_batches, load_split, random_windows
+from data.loader import (
+    encode_prompt,
+    fitting,
+    generate_responses,
+    length_bucketed_batches,
+    load_split,
+    random_windows,
+)
 from data.tokenizer import Tokenizer, dataset_tokenizer
 from model import GPT, GPTConfig, generate, load_model, pad_right, save_checkpoint, score_sequences
 
@@ -71,17 +93,15 @@ class SFTConfig:
     ckpt_interval: int = 200  # steps between resume.pt saves (Ctrl-C saves too)
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
-    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, fp16 on older GPUs, else fp32) | float32 | bfloat16
+    dtype: str = "auto"  # auto (native bf16 on GPU or CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model (CUDA)
     seed: int = 1337  # model init, data order, dropout
 
 
-# The defaults of --mode=pretrain where they differ from SFT's (--help shows both). Batch 8: the tiny base
-# model is short of optimizer steps, not of tokens. The same 2 epochs in 1,474 steps instead of 368 (batch 32)
-# took about as long on a 2-core CPU and ended at val loss 0.67 instead of 0.90; its SFT model then counted
-# (val helpful 0.58 -> 0.92), summed (0.63 -> 0.80) and sorted (0.74 -> 0.88) far better.
-MODES = {"sft": {}, "pretrain": dict(out_dir="out/pretrain", init_from="scratch", dropout=0.0, epochs=2.0, lr=2e-3,
-                                     warmup_steps=100, batch_size=8)}
+# The defaults of --mode=pretrain where they differ from SFT's (--help shows both). Batch 8 because the tiny
+# base model is short of optimizer steps, not of tokens (the trial is in docs/experiments.md).
+MODES = {"sft": {}, "pretrain": dict(out_dir="out/pretrain", init_from="scratch", dropout=0.0, epochs=2.0,
+                                     lr=2e-3, warmup_steps=100, batch_size=8)}
 
 
 # -----------------------------------------------------------------------------
@@ -121,22 +141,71 @@ class Batches:
         else:
             self.per_epoch = len(split.stream) // (cfg.batch_size * block_size * world_size)
         if self.per_epoch == 0:
-            raise ConfigError(f"{split.name}: fewer examples than one global batch of {cfg.batch_size} x {world_size}")
+            raise ConfigError(f"{split.name}: fewer examples than one global batch of "
+                              f"{cfg.batch_size} x {world_size}")
         self._epoch, self._order = None, None
 
     def __call__(self, k):
-        if self.cfg.mode == "pretrain":
-            return random_windows(self.split.stream, self.cfg.batch_size, self.block_size, [self.cfg.seed, k, self.rank])
+        cfg = self.cfg
+        if cfg.mode == "pretrain":
+            return random_windows(self.split.stream, cfg.batch_size, self.block_size, [cfg.seed, k, self.rank])
         epoch, j = divmod(k, self.per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
-            size = self.cfg.batch_size * self.world  # full global batches only: every rank gets batch_size
-            self._order = [b for b in length_bucketed_batches(self.lengths, size, self.cfg.seed + epoch) if len(b) == size]
+            size = cfg.batch_size * self.world  # full global batches only: every rank gets batch_size
+            batches = length_bucketed_batches(self.lengths, size, cfg.seed + epoch)
+            self._order = [b for b in batches if len(b) == size]
         return sft_batch(self.split, self.keep[self._order[j][self.rank::self.world]])
 
 
 # -----------------------------------------------------------------------------
-# evaluation
+# the steps of main
+
+
+def init_model(cfg, resume_path):
+    """(model, tokenizer, source): a new GPT (scratch), GPT-2's weights, or a checkpoint of this project
+    (source is the file read). A model keeps the vocabulary it was born with, so only scratch builds one."""
+    if cfg.init_from == "scratch":
+        tok = dataset_tokenizer(cfg.data_dir, cfg.vocab)
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
+                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+        return model, tok, cfg.init_from
+    if cfg.init_from.startswith("gpt2"):
+        return GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout), Tokenizer(), cfg.init_from
+    resume = cfg.init_from == "resume"
+    source = resume_path if resume else cfg.init_from
+    model, tok, _ = load_lm(source, stages=("resume",) if resume else ("pretrain", "sft"), dropout=cfg.dropout,
+                            default=cfg.init_from == MODES[cfg.mode].get("init_from", SFTConfig.init_from))
+    return model, tok, source
+
+
+def load_batches(cfg, tok, source, block_size, rt):
+    """(train, val) Batches of this rank: windows of the pretraining text, or the demonstrations."""
+    kind = "pretrain" if cfg.mode == "pretrain" else "sft"
+    with vocabulary_of(source, cfg.data_dir):
+        train = Batches(cfg, load_split(cfg.data_dir, kind, "train", tok), block_size, rt.rank, rt.world_size)
+        val = Batches(cfg, load_split(cfg.data_dir, kind, "val", tok), block_size, rt.rank, rt.world_size)
+    return train, val
+
+
+def accumulate_gradients(train_model, micro_batches, scaler, rt):
+    """The backward passes of one optimizer step over its micro-batches [(x, y)]; returns the loss. The loss is
+    the mean over every target token of the global batch (all micro-batches, all ranks), so that DDP and
+    gradient accumulation change nothing."""
+    n_targets = rt.sum(sum(int((y != -1).sum()) for _, y in micro_batches))
+    loss_sum = 0.0
+    for m, (x, y) in enumerate(micro_batches):
+        x, y = x.to(rt.device), y.to(rt.device)
+        sync = m == len(micro_batches) - 1 or not rt.ddp  # all-reduce the gradients once per step
+        with nullcontext() if sync else train_model.no_sync(), rt.autocast():
+            loss = lm_loss_sum(train_model(x)[0], y)
+        scaler.scale(loss * rt.world_size / n_targets).backward()  # DDP averages over ranks
+        loss_sum += loss.item()
+    return rt.sum(loss_sum) / n_targets
+
+
+# -----------------------------------------------------------------------------
+# evaluation and the choice of the final model
 
 
 @torch.no_grad()
@@ -154,7 +223,8 @@ def evaluate_loss(model, batches, n, rt):
 
 def rm_selection_score(model, tok, rm, prompts, cfg, rt):
     """The paper's SFT model selection: the mean reward-model score of responses sampled for val prompts."""
-    _, _, tokens = generate_responses(model, tok, prompts, cfg.max_new_tokens, seed=cfg.seed, autocast=rt.autocast)
+    _, _, tokens = generate_responses(model, tok, prompts, cfg.max_new_tokens, seed=cfg.seed,
+                                      autocast=rt.autocast)
     seqs = [encode_prompt(tok, p) + ids for p, ids in zip(prompts, tokens)]
     return score_sequences(rm, seqs, rt.autocast).mean().item()
 
@@ -168,119 +238,113 @@ def print_samples(model, tok, cfg, val, rt):
             tqdm.write(f"  [prompt] {p!r}\n  [model]  {t!r}")
     elif cfg.num_samples:
         starts = range(0, len(val.stream) - 16, (len(val.stream) - 16) // cfg.num_samples)[:cfg.num_samples]
-        out = generate(model, [val.stream[s:s + 16] for s in starts], 32, autocast=rt.autocast)["response_lists"]
-        for s, cont in zip(starts, out):
+        out = generate(model, [val.stream[s:s + 16] for s in starts], 32, autocast=rt.autocast)
+        for s, cont in zip(starts, out["response_lists"]):
             tqdm.write(f"  [text] {tok.decode(val.stream[s:s + 16])!r} -> {tok.decode(cont)!r}")
+
+
+class Selection:
+    """The final model is the best one on validation so far, saved as final_path: by validation loss or, as
+    the paper chooses its SFT model, by a reward model's mean score (--select_rm). best: the criterion's
+    best value so far (higher is better), which resume.pt keeps."""
+
+    def __init__(self, cfg, rt, tok, final_path, best=None):
+        self.cfg, self.rt, self.tok, self.final_path, self.best = cfg, rt, tok, final_path, best
+        self.rm = self.prompts = None
+        if cfg.select_rm and cfg.mode == "sft":
+            self.rm = load_model(cfg.select_rm, rt.device, stages=("reward",))[0].eval()
+            prompts = read_split(cfg.data_dir, "prompts", "val")[:cfg.select_prompts]
+            self.prompts = [r["prompt"] for r in prompts]
+
+    def evaluate(self, step, model, train_model, val, log):
+        """Validation loss (and RM score), logged; an improvement is saved."""
+        cfg, rt, tok = self.cfg, self.rt, self.tok
+        # evaluation draws its own random numbers: training's dropout stream is the same whether or not (and
+        # however often) a run evaluates, so resumed runs stay exact
+        with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
+            record = {"step": step, "val_loss": evaluate_loss(train_model, val, cfg.eval_batches, rt)}
+            if self.rm is not None:
+                record["val_rm_score"] = rt.mean(rm_selection_score(model, tok, self.rm, self.prompts, cfg, rt))
+            criterion = record["val_rm_score"] if self.rm is not None else -record["val_loss"]
+            improved = self.best is None or criterion > self.best
+            self.best = criterion if improved else self.best
+            if rt.master:
+                if improved:
+                    save_checkpoint(self.final_path, stage=cfg.mode, model=model, run_config=cfg, tokenizer=tok,
+                                    step=step)
+                log(record)
+                figures = " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step")
+                tqdm.write(f"step {step}: {figures}" + (" (best: saved)" if improved else ""))
+                print_samples(model, tok, cfg, val.split, rt)
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None):
     cfg = argv if isinstance(argv, SFTConfig) else parse_config(SFTConfig, argv, MODES)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    resume_path, final_path = os.path.join(cfg.out_dir, "resume.pt"), os.path.join(cfg.out_dir, f"{cfg.mode}.pt")
+    resume_path = os.path.join(cfg.out_dir, "resume.pt")
+    final_path = os.path.join(cfg.out_dir, f"{cfg.mode}.pt")  # the model chosen on validation
+    resume = cfg.init_from == "resume"
 
-    # the model: a model keeps the vocabulary it was born with, so only scratch builds one
-    source, resume = cfg.init_from, cfg.init_from == "resume"
-    if cfg.init_from == "scratch":
-        tok = dataset_tokenizer(cfg.data_dir, cfg.vocab)
-        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
-                              n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
-    elif cfg.init_from.startswith("gpt2"):
-        model, tok = GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout), Tokenizer()
-    else:
-        source = resume_path if resume else cfg.init_from
-        model, tok, _ = load_lm(source, stages=("resume",) if resume else ("pretrain", "sft"), dropout=cfg.dropout,
-                                default=cfg.init_from == MODES[cfg.mode].get("init_from", SFTConfig.init_from))
+    # 1. the model
+    model, tok, source = init_model(cfg, resume_path)
     block_size = min(cfg.block_size, model.config.block_size)
     model.to(rt.device)
     if rt.master:
-        print(f"{cfg.mode}: {model.num_params() / 1e6:.2f}M non-embedding parameters, vocabulary {tok.vocab_size}, "
-              f"device {rt.device} {rt.dtype}, {rt.world_size} process(es)")
+        print(f"{cfg.mode}: {model.num_params() / 1e6:.2f}M non-embedding parameters, vocabulary "
+              f"{tok.vocab_size}, device {rt.device} {rt.dtype}, {rt.world_size} process(es)")
 
-    # data, optimizer, resumed state
-    kind = "pretrain" if cfg.mode == "pretrain" else "sft"
-    with vocabulary_of(source, cfg.data_dir):
-        train = Batches(cfg, load_split(cfg.data_dir, kind, "train", tok), block_size, rt.rank, rt.world_size)
-        val = Batches(cfg, load_split(cfg.data_dir, kind, "val", tok), block_size, rt.rank, rt.world_size)
+    # 2. data: packed windows of plain text, or demonstrations whose prompt tokens are no targets
+    train, val = load_batches(cfg, tok, source, block_size, rt)
     total_steps = max(1, math.ceil(cfg.epochs * train.per_epoch / cfg.grad_accum))
+
+    # 3. optimizer, the resumed state, and the choice of the final model
     optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, rt.device_type)
     step, best = 0, None
     if resume:
         state = load_resume(resume_path, cfg.mode, rt, {"model": optimizer})
         step, best = state["step"], state["best"]
-    select_rm = select_prompts = None
-    if cfg.select_rm and cfg.mode == "sft":
-        select_rm = load_model(cfg.select_rm, rt.device, stages=("reward",))[0].eval()
-        select_prompts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "val")[:cfg.select_prompts]]
+    selection = Selection(cfg, rt, tok, final_path, best)
     train_model = rt.wrap(torch.compile(model) if cfg.compile else model)
     scaler, log = rt.grad_scaler(), MetricsLog(cfg.out_dir, rt.master, step if resume else None)
 
-    def evaluate_and_select():
-        """Validation loss (and RM score with --select_rm); the best model so far becomes final_path."""
-        nonlocal best
-        record = {"step": step, "val_loss": evaluate_loss(train_model, val, cfg.eval_batches, rt)}
-        if select_rm is not None:
-            record["val_rm_score"] = rt.mean(rm_selection_score(model, tok, select_rm, select_prompts, cfg, rt))
-        criterion = record["val_rm_score"] if select_rm is not None else -record["val_loss"]
-        improved = best is None or criterion > best
-        best = criterion if improved else best
-        if rt.master:
-            if improved:
-                save_checkpoint(final_path, stage=cfg.mode, model=model, run_config=cfg, tokenizer=tok, step=step)
-            log(record)
-            tqdm.write(f"step {step}: " + " | ".join(f"{k} {v:.4f}" for k, v in record.items() if k != "step")
-                       + (" (best: saved)" if improved else ""))
-            print_samples(model, tok, cfg, val.split, rt)
-
+    # 4. training: next-token loss on the targets, cosine lr, evaluation and selection every eval_interval
     bar = tqdm(total=total_steps, initial=step, disable=not rt.master, desc=cfg.mode, dynamic_ncols=True)
-    def evaluate_in_own_rng():
-        # evaluation draws its own random numbers: training's dropout stream is the same whether or not (and
-        # however often) a run evaluates, so resumed runs stay exact
-        with torch.random.fork_rng(devices=[rt.device] if rt.device_type == "cuda" else []):
-            evaluate_and_select()
-
     if step == 0:
-        evaluate_in_own_rng()
+        selection.evaluate(step, model, train_model, val, log)
     t0, tokens_seen = time.time(), 0  # the loop's own tokens/s: the evaluation before step 1 is not in it
     with Interrupt(rt) as interrupt:
         while step < total_steps:
-            # one optimizer step over grad_accum micro-batches. The loss is the mean over every target token of
-            # the global batch (all micro-batches, all ranks), so DDP and accumulation change nothing.
             lr = cosine_lr(step, total_steps, cfg.lr, cfg.warmup_steps, cfg.final_lr_ratio)
             set_lr(optimizer, lr)
             micro_batches = [train(step * cfg.grad_accum + m) for m in range(cfg.grad_accum)]
-            n_targets = rt.sum(sum(int((y != -1).sum()) for _, y in micro_batches))
-            loss_sum = 0.0
-            for m, (x, y) in enumerate(micro_batches):
-                x, y = x.to(rt.device), y.to(rt.device)
-                tokens_seen += x.numel()
-                sync = m == cfg.grad_accum - 1 or not rt.ddp  # all-reduce the gradients once per step
-                with nullcontext() if sync else train_model.no_sync(), rt.autocast():
-                    loss = lm_loss_sum(train_model(x)[0], y)
-                scaler.scale(loss * rt.world_size / n_targets).backward()  # DDP averages over ranks
-                loss_sum += loss.item()
-            loss_value = rt.sum(loss_sum) / n_targets
-            optimizer_step(train_model, optimizer, scaler, cfg.grad_clip, f"at step {step} (loss {loss_value})")
+            tokens_seen += sum(x.numel() for x, _ in micro_batches)
+            loss = accumulate_gradients(train_model, micro_batches, scaler, rt)
+            optimizer_step(train_model, optimizer, scaler, cfg.grad_clip, f"at step {step} (loss {loss})")
             step += 1
 
             tps = tokens_seen * rt.world_size / max(time.time() - t0, 1e-9)  # tokens through the model
             mfu = estimate_mfu(model, tps, rt.device)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}",
                             **({"mfu": f"{100 * mfu:.1f}%"} if mfu is not None else {}))
             bar.update(1)
             if step % cfg.log_interval == 0:
-                log({"step": step, "loss": loss_value, "lr": lr, "tokens_per_s": tps} | ({"mfu": mfu} if mfu else {}))
+                log({"step": step, "loss": loss, "lr": lr, "tokens_per_s": tps} | ({"mfu": mfu} if mfu else {}))
             if step % cfg.eval_interval == 0 or step == total_steps:  # before the save: resume never repeats it
-                evaluate_in_own_rng()
+                selection.evaluate(step, model, train_model, val, log)
             if step % cfg.ckpt_interval == 0 or step == total_steps or interrupt.requested():
                 save_resume(resume_path, rt, model=model, run_config=cfg, tokenizer=tok, of=cfg.mode, step=step,
-                            optimizers={"model": optimizer}, best=best)
+                            optimizers={"model": optimizer}, best=selection.best)
                 if interrupt.requested() and step < total_steps:
                     print(f"interrupted: saved {resume_path}; continue with --init_from=resume")
                     raise SystemExit(130)
     bar.close()
     if rt.master:
-        print(f"done: {final_path} (selected by {'reward model score' if select_rm is not None else 'val loss'})")
+        criterion = "reward model score" if selection.rm is not None else "val loss"
+        print(f"done: {final_path} (selected by {criterion})")
     rt.close()
     return final_path
 
