@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import ConfigError
-from data.formats import read_jsonl, read_split
+from data.formats import read_jsonl, read_split, render_prompt
 from data.synthetic import evaluate, plots, prepare, tasks
-from data.synthetic.labelers import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, score
+from data.synthetic.labelers import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, score, win_rate
 from data.tokenizer import dataset_tokenizer
 from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 
@@ -78,10 +78,19 @@ def check_results(out, models, prompts, stages=None):
         first.setdefault(tasks.parse(p)["family"], p)
     assert [(e["family"], e["prompt"]) for e in res["examples"]] == sorted(first.items())
     assert all(list(e["responses"]) == models for e in res["examples"]) and "Answers side by side" in table
+    answers = {}
     for m in models:
         records = read_jsonl(out / "responses" / f"{m}.jsonl")
         assert [r["prompt"] for r in records] == prompts, m
         assert all(isinstance(r["response"], str) and isinstance(r["ended"], bool) for r in records), m
+        answers[m] = ([r["response"] for r in records], [r["ended"] for r in records])
+    # the test split's numbers are the held-out labelers' verdicts on exactly the responses written, each model
+    # against SFT's
+    for m, (texts, ended) in answers.items():
+        assert res["score"][m] == pytest.approx(judge_mean(prompts, texts, HELDOUT_LABELERS, ended), abs=1e-12), m
+        rate, ci = win_rate(prompts, texts, answers["sft"][0], HELDOUT_LABELERS, ended, answers["sft"][1])
+        assert (res["win_rate_vs_sft"][m], res["win_ci95"][m]) == pytest.approx((rate, ci), abs=1e-12), m
+        assert res["ended"][m] == sum(ended) / len(prompts), m
     return res
 
 
@@ -139,6 +148,18 @@ def test_pairwise_accuracy_ends(world):
     assert evaluate.pairwise_accuracy([(p, rs, es, [0.0] * len(rs)) for p, rs, es, _ in own], [lab]) == 0.5
 
 
+def test_accuracy_table_names_each_labeler_set(world):
+    """accuracy_table reports the training labelers' agreement under train_labelers and the held-out labelers'
+    under heldout_labelers, for the rewards and for the gold ceiling."""
+    groups = groups_of(world, n=20)
+    gold = [(p, rs, es, [gold_score(p, r) for r in rs]) for p, rs, es, _ in groups]
+    table = evaluate.accuracy_table(groups)
+    for who, labelers in (("train_labelers", TRAIN_LABELERS), ("heldout_labelers", HELDOUT_LABELERS)):
+        assert table[who] == evaluate.pairwise_accuracy(groups, labelers)
+        assert table["gold_ceiling"][who] == evaluate.pairwise_accuracy(gold, labelers)
+    assert table["train_labelers"] != table["heldout_labelers"]  # else the test could not tell them apart
+
+
 def test_rm_with_gold_rewards_reaches_the_gold_ceiling(world):
     """A reward model whose rewards are the gold scores is exactly as accurate as the gold ceiling, and
     the ceiling is below 1 (the labelers are noisy) and above chance."""
@@ -170,6 +191,26 @@ def test_logprob_sums_of_padded_batches_equal_one_at_a_time():
         logits, _ = model(torch.tensor([p + r]))
         logprobs = torch.log_softmax(logits[0, len(p) - 1:-1].float(), -1)
         assert batched[i].item() == pytest.approx(logprobs[range(len(r)), r].sum().item(), abs=1e-4)
+
+
+def test_kl_to_reference_equals_the_log_ratio_one_at_a_time(world):
+    """kl_to_reference is the mean over samples of log p_model(y | prefix + prompt) - log p_ref(y | prompt), each
+    sequence's log-probs summed on its own: the model reads its few-shot prefix, the reference the bare prompt."""
+    tok = dataset_tokenizer(world)
+    model, ref = tiny_gpt(tok.vocab_size, 0), tiny_gpt(tok.vocab_size, 1)
+    prompts = [r["prompt"] for r in read_split(world, "prompts", "test")[:3]]
+    prefix = evaluate.fewshot_prefix(world, k=1)
+    g = torch.Generator().manual_seed(0)
+    tokens = [torch.randint(0, tok.vocab_size, (n,), generator=g).tolist() for n in (5, 1, 3)]
+
+    def logprob(m, context, ys):
+        logits, _ = m(torch.tensor([context + ys]))
+        return torch.log_softmax(logits[0, len(context) - 1:-1].float(), -1)[range(len(ys)), ys].sum().item()
+
+    ratios = [logprob(model, tok.encode(prefix + render_prompt(p)), ys) - logprob(ref, tok.encode(render_prompt(p)), ys)
+              for p, ys in zip(prompts, tokens)]
+    kl = evaluate.kl_to_reference(model, ref, tok, prompts, prefix, tokens)
+    assert kl == pytest.approx(sum(ratios) / len(ratios), abs=1e-4)
 
 
 def test_results_schema_on_random_models(world, tmp_path, monkeypatch, capsys):
