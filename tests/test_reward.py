@@ -1,17 +1,19 @@
 """Invariants of reward.py: the K-choose-2 ranking loss (InstructGPT eq. 1), reading rewards at the EOS,
 the demonstration normalisation, and a tiny end-to-end run that learns a ranking."""
 
+import copy
 import math
 import random
 import signal
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model as M
 import reward as R
+from common import cosine_lr, load_lm, setup_runtime
 from data.formats import read_jsonl, render_prompt, render_response, write_jsonl
-from common import load_lm
 from data.loader import encode_prompt, encode_response, generate_responses
 from data.tokenizer import Tokenizer
 from model import pad_right
@@ -77,6 +79,25 @@ def test_ranking_loss_ignores_padding_columns():
     inf = garbage.masked_fill(~real, float("inf")).requires_grad_()  # even inf stays out
     R.ranking_loss(inf, num_responses).backward()
     torch.testing.assert_close(inf.grad, a.grad)
+
+
+def test_pair_accuracy_matches_brute_force_with_ties():
+    """pair_accuracy counts, per prompt, the pairs i < j < K_b that the rewards order as the labelers did
+    (r_i > r_j) as 1 and a tie as 1/2, as a double loop over all pairs does, so a constant RM scores 0.5;
+    padding columns count nothing."""
+    g = torch.Generator().manual_seed(0)
+    num_responses = torch.tensor([2, 3, 4, 5, 9, 9, 2, 6])
+    rewards = torch.randint(0, 3, (len(num_responses), 9), generator=g).float()  # three values: many ties
+    correct, pairs = R.pair_accuracy(rewards, num_responses)
+    ties = 0
+    for b, K in enumerate(num_responses.tolist()):
+        r = rewards[b].tolist()
+        right = sum(1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0 for i in range(K) for j in range(i + 1, K))
+        ties += sum(r[i] == r[j] for i in range(K) for j in range(i + 1, K))
+        assert (correct[b].item(), pairs[b].item()) == (right, math.comb(K, 2)), b
+    assert ties > 0
+    correct, pairs = R.pair_accuracy(torch.full((3, 4), 0.7), torch.tensor([4, 3, 2]))
+    assert (correct / pairs).tolist() == [0.5, 0.5, 0.5]
 
 
 def test_pad_rewards_lays_out_prompts_in_rows():
@@ -218,6 +239,62 @@ def test_normalisation_scale_gives_policy_samples_unit_std(tiny_run):
     demos = [encode_prompt(tok, r["prompt"]) + encode_response(tok, r["response"])
              for r in read_jsonl(data / "sft_train.jsonl")]
     assert M.score_sequences(rm, demos).mean().item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_head_bias_is_not_trained(tiny_run):
+    """Eq. 1 sees only reward differences, so the head's bias stays frozen at the fresh head's 0 through
+    training (resume.pt holds the trained model before the normalisation sets the bias)."""
+    _, _, out = tiny_run
+    trained = torch.load(out / "resume.pt", weights_only=True)["model"]
+    assert trained["score_head.bias"].item() == 0.0 and trained["score_head.weight"].abs().sum() > 0
+
+
+def test_rm_step_gradient_is_eq1_over_each_prompts_responses_best_first(tmp_path):
+    """The gradient a training step of main accumulates, for the global batch main draws at that step, in
+    micro-batches of 3 prompts, equals the gradient of eq. 1 with each prompt's responses scored one by one
+    from comparisons_train.jsonl in the labelers' order (best first): the ranking loss gets every prompt's K
+    rewards in that order, and every prompt of the batch the same weight."""
+    write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=64, n_val=8))
+    rt = setup_runtime("cpu", "float32")
+    model, tok, _ = load_lm(str(tmp_path / "sft.pt"), scalar_head=True, dropout=0.0)
+    torch.nn.init.normal_(model.score_head.weight)  # a fresh head scores 0 everywhere: give it something to say
+    train = R.Comparisons(str(tmp_path), "train", tok, model.config.block_size)
+    step, batch_size = 3, 8
+    rows = R.global_batch(train, step, batch_size, seed=1337)
+    reference = copy.deepcopy(model)
+    R.accumulate_gradients(model, train, rows, 3, rt.grad_scaler(), rt, step)
+
+    records = read_jsonl(tmp_path / "comparisons_train.jsonl")
+    losses = []
+    for i in train.ids[rows]:  # the records of the batch's prompts
+        prompt = encode_prompt(tok, records[i]["prompt"])
+        r = [reference(torch.tensor(prompt + encode_response(tok, x))[None])[0][0, -1]
+             for x in records[i]["responses"]]  # the reward at each response's EOS, best response first
+        pair_losses = [-F.logsigmoid(r[a] - r[b]) for a in range(len(r)) for b in range(a + 1, len(r))]
+        losses.append(torch.stack(pair_losses).mean())
+    assert len(losses) == batch_size and len({len(records[i]["responses"]) for i in train.ids[rows]}) > 1
+    torch.stack(losses).mean().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_optimizer_steps_follow_the_cosine_schedule(tmp_path, monkeypatch):
+    """Every optimizer step of main uses the lr of cosine_lr (warmup, then decay to final_lr_ratio) in every
+    parameter group, for as many steps as the epochs of global batches make."""
+    write_lm_checkpoint(tmp_path / "sft.pt", write_world(tmp_path, n_train=40, n_val=8))
+    seen = []
+    real_step = R.optimizer_step
+
+    def recording_step(model, optimizer, *a, **k):
+        seen.append({group["lr"] for group in optimizer.param_groups})
+        return real_step(model, optimizer, *a, **k)
+
+    monkeypatch.setattr(R, "optimizer_step", recording_step)
+    train(tmp_path, tmp_path / "out", "--batch_size=8", "--epochs=2", "--warmup_steps=2", "--lr=2e-3",
+          "--final_lr_ratio=0.2", "--norm_policy=none")
+    total = 2 * (40 // 8)  # 2 epochs of 40 prompts in global batches of 8
+    assert seen == [{cosine_lr(s, total, 2e-3, 2, 0.2)} for s in range(total)]
 
 
 @pytest.mark.parametrize("stage", ["reward", "ppo"])

@@ -1,5 +1,6 @@
 """Invariants of sft.py: the SFT loss mask, overfitting, resume, DDP equivalence and a tiny run."""
 
+import copy
 import json
 import os
 import signal
@@ -8,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
+from conftest import ddp_env, exit_worker, free_port
 
 import sft
-from conftest import ddp_env, exit_worker, free_port
-from data.formats import render_prompt, render_response
-from data.loader import load_split
+from common import cosine_lr, setup_runtime
+from data.formats import read_jsonl, render_prompt, render_response
+from data.loader import encode_prompt, encode_response, load_split
 from data.tokenizer import Tokenizer
 from model import GPT, GPTConfig, load_checkpoint
 
@@ -60,6 +63,105 @@ def test_sft_mask_zero_gradient_and_hand_computed_loss(tmp_path):
             count += 1
     assert count == n
     assert (sft.lm_loss_sum(logits, y) / n).item() == pytest.approx(total / count, rel=1e-5)
+
+
+def demonstration_of(row, demonstrations):
+    """The (prompt, response) token lists whose prompt + response, minus the last token, begin the input row
+    (the longest such, so that a demonstration that is a prefix of another is not taken for it)."""
+    fits = [(p, r) for p, r in demonstrations if row[:len(p) + len(r) - 1].tolist() == (p + r)[:-1]]
+    return max(fits, key=lambda pr: len(pr[0]) + len(pr[1]))
+
+
+def test_sft_step_gradient_is_that_of_the_response_tokens_and_eos(tmp_path):
+    """The gradient a training step of main accumulates, over two padded micro-batches that main's data path
+    builds, equals the gradient of the mean cross-entropy of exactly the response tokens and the closing EOS
+    of those demonstrations, each forwarded alone from its text: prompt tokens and padding are no targets."""
+    d = write_dataset(tmp_path / "data")
+    cfg = sft.SFTConfig(data_dir=d, init_from="scratch", n_layer=1, n_head=2, n_embd=32, block_size=64,
+                        batch_size=4, grad_accum=2)
+    rt = setup_runtime("cpu", "float32", cfg.seed)
+    model, tok, source = sft.init_model(cfg, resume_path=None)
+    train, _ = sft.load_batches(cfg, tok, source, cfg.block_size, rt)
+    reference = copy.deepcopy(model)
+    micro_batches = [train(m) for m in range(cfg.grad_accum)]
+    sft.accumulate_gradients(model, micro_batches, rt.grad_scaler(), rt)
+
+    demonstrations = [(encode_prompt(tok, r["prompt"]), encode_response(tok, r["response"]))
+                      for r in read_jsonl(f"{d}/sft_train.jsonl")]
+    nll, n_targets, lengths = 0.0, 0, []
+    for x, _ in micro_batches:
+        for row in x:
+            prompt, response = demonstration_of(row, demonstrations)
+            seq = torch.tensor(prompt + response)
+            logits = reference(seq[None, :-1])[0][0]  # position t predicts token t + 1
+            nll = nll + F.cross_entropy(logits[len(prompt) - 1:], seq[len(prompt):], reduction="sum")
+            n_targets, lengths = n_targets + len(response), lengths + [len(seq)]
+    assert len(set(lengths)) > 1  # rows of several lengths: the micro-batches hold padding
+    (nll / n_targets).backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_optimizer_steps_follow_the_cosine_schedule(tmp_path, monkeypatch):
+    """Every optimizer step of main uses the lr of cosine_lr (warmup, then decay to final_lr_ratio) in every
+    parameter group, for as many steps as the epochs of global batches (micro-batches x grad_accum) make."""
+    d = write_dataset(tmp_path / "data")
+    seen = []
+    real_step = sft.optimizer_step
+
+    def recording_step(model, optimizer, *a, **k):
+        seen.append({group["lr"] for group in optimizer.param_groups})
+        return real_step(model, optimizer, *a, **k)
+
+    monkeypatch.setattr(sft, "optimizer_step", recording_step)
+    sft.main([f"--data_dir={d}", f"--out_dir={tmp_path}/o", "--init_from=scratch", "--epochs=2", "--grad_accum=2",
+              "--warmup_steps=3", "--lr=2e-3", "--final_lr_ratio=0.2", "--eval_interval=1000", *TINY])
+    total = 2 * (64 // 8) // 2  # 2 epochs of the 64 demonstrations, 8 per micro-batch, 2 micro-batches a step
+    assert seen == [{cosine_lr(s, total, 2e-3, 3, 0.2)} for s in range(total)]
+
+
+def test_one_epoch_of_steps_feeds_every_demonstration_once(tmp_path, monkeypatch):
+    """The micro-batches that one epoch of main's optimizer steps (2 micro-batches each) hand the gradient
+    step hold every training demonstration exactly once."""
+    d = write_dataset(tmp_path / "data")
+    fed = []
+    real_accumulate = sft.accumulate_gradients
+
+    def recording_accumulate(train_model, micro_batches, *a):
+        fed.extend(x for x, _ in micro_batches)
+        return real_accumulate(train_model, micro_batches, *a)
+
+    monkeypatch.setattr(sft, "accumulate_gradients", recording_accumulate)
+    sft.main([f"--data_dir={d}", f"--out_dir={tmp_path}/o", "--init_from=scratch", "--epochs=1", "--grad_accum=2",
+              "--eval_interval=1000", *TINY])
+    tok = Tokenizer.from_state(load_checkpoint(f"{tmp_path}/o/sft.pt")["tokenizer"])
+    demonstrations = [(encode_prompt(tok, r["prompt"]), encode_response(tok, r["response"]))
+                      for r in read_jsonl(f"{d}/sft_train.jsonl")]
+    seen = [demonstration_of(row, demonstrations) for x in fed for row in x]
+    assert sorted(seen) == sorted(demonstrations)
+
+
+def test_final_model_is_the_one_of_the_lowest_validation_loss(tmp_path, monkeypatch):
+    """MODE.pt holds the model of the evaluation with the lowest validation loss, wherever in the run it came
+    (validation losses scripted: 3, 2, 2.5, 1.5, 1.8 at steps 0, 2, 4, 6, 8)."""
+    d = write_dataset(tmp_path / "data", n_sft=64)
+    scripted = iter([3.0, 2.0, 2.5, 1.5, 1.8])
+    monkeypatch.setattr(sft, "evaluate_loss", lambda *a: next(scripted))
+    sft.main([f"--data_dir={d}", f"--out_dir={tmp_path}/o", "--init_from=scratch", "--epochs=1",
+              "--eval_interval=2", *TINY])
+    assert load_checkpoint(f"{tmp_path}/o/sft.pt")["step"] == 6
+
+
+def test_evaluation_leaves_the_training_run_unchanged(tmp_path):
+    """A dropout run that evaluates and samples every step ends with bitwise the weights of one that evaluates
+    only at its start and end: evaluation draws its random numbers from a stream of its own."""
+    d = write_dataset(tmp_path / "data")
+    args = [f"--data_dir={d}", "--mode=pretrain", "--epochs=1", "--dropout=0.1", *TINY, "--num_samples=2"]
+    sft.main(args + [f"--out_dir={tmp_path}/every", "--eval_interval=1"])
+    sft.main(args + [f"--out_dir={tmp_path}/ends", "--eval_interval=1000"])
+    a, b = (load_checkpoint(f"{tmp_path}/{run}/resume.pt")["model"] for run in ("every", "ends"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_tiny_model_overfits_a_handful_of_examples(tmp_path):
