@@ -199,8 +199,9 @@ class GPT(nn.Module):
                 attention_mask = torch.ones(B, past + T, dtype=torch.bool, device=idx.device)
             S = kv_cache.max_len if kv_cache is not None else past + T  # keys: the cache's whole buffer
             keys = F.pad(attention_mask.bool(), (0, S - past - T))  # (B, S), False on positions to come
-            # A padding query would see no key at all (left padding) and SDPA would return NaN for it;
-            # letting each query see itself keeps it finite and changes nothing for real tokens.
+            # A padding query would see no key at all (left padding): a softmax over nothing is NaN in the
+            # explicit path (and in some SDPA kernels), which the next layer spreads to real tokens (0 * NaN).
+            # Letting each query see itself keeps it finite and changes nothing for real tokens.
             if T == 1:  # a decoding step: every key so far is in the past, so the mask is the keys' alone
                 keys[:, past] = True
                 attn_mask = keys[:, None, None, :]  # (B, 1, 1, S)

@@ -79,7 +79,7 @@ def test_cosine_schedule_values():
     assert C.cosine_lr(0, 100, 1.0) == pytest.approx(1.0)
     assert C.cosine_lr(50, 100, 1.0) == pytest.approx(0.55)
     assert C.cosine_lr(100, 100, 1.0) == pytest.approx(0.1)
-    assert C.cosine_lr(500, 100, 1.0) == pytest.approx(0.1)
+    assert C.cosine_lr(150, 100, 1.0) == pytest.approx(0.1)  # past the end: stays at the floor
 
 
 def test_optimizer_step_refuses_a_nan_gradient():
@@ -91,6 +91,31 @@ def test_optimizer_step_refuses_a_nan_gradient():
     with pytest.raises(FloatingPointError, match="stopped before the optimizer step"):
         C.optimizer_step(m, opt, torch.amp.GradScaler("cuda", enabled=False), 1.0, "at step 0")
     assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+
+
+def test_optimizer_step_clips_steps_and_clears_the_gradients():
+    """optimizer_step scales a gradient of norm 6 to grad_clip = 1 (grad_clip = 0: unclipped), steps, clears the
+    gradients for the next accumulation and returns the norm before clipping."""
+    for grad_clip, moved in ((1.0, 0.5), (0.0, 3.0)):
+        m = torch.nn.Linear(4, 1, bias=False)
+        torch.nn.init.zeros_(m.weight)
+        m.weight.grad = torch.full((1, 4), 3.0)
+        opt = torch.optim.SGD(m.parameters(), lr=1.0)
+        norm = C.optimizer_step(m, opt, torch.amp.GradScaler("cuda", enabled=False), grad_clip, "at step 0")
+        assert norm == pytest.approx(6.0) and m.weight.grad is None
+        torch.testing.assert_close(m.weight.detach(), torch.full((1, 4), -moved))
+
+
+def test_weight_decay_on_matrices_only():
+    """configure_optimizer decays every matrix (embeddings and Linear weights) and no bias or LayerNorm gain."""
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=8))
+    decay, no_decay = C.configure_optimizer(model, 1e-3, weight_decay=0.1).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert sorted(names[id(p)] for p in no_decay["params"]) == sorted(
+        n for n, p in model.named_parameters() if n.endswith(".bias") or ".ln_" in n)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert all(p.dim() == 2 for p in decay["params"])
 
 
 def test_metrics_log_drops_lines_after_the_resume_point(tmp_path):

@@ -50,6 +50,19 @@ def test_padding_invariance(side):
         torch.testing.assert_close(logits[i][mask[i]], alone[0], atol=1e-5, rtol=1e-5)
 
 
+def test_left_padding_is_exact_on_the_explicit_attention_path():
+    """Under bf16 autocast on a CPU (explicit attention, where a query that sees no key would be NaN), a
+    left-padded row's logits at its real positions are those of the row alone, to bf16's precision."""
+    m = tiny()
+    seqs = [torch.randint(0, 61, (n,)) for n in (4, 12)]
+    idx, mask = M.pad_left(seqs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = m(idx, attention_mask=mask)
+        for i, s in enumerate(seqs):
+            alone, _ = m(s[None], attention_mask=torch.ones(1, len(s), dtype=torch.bool))
+            torch.testing.assert_close(logits[i][mask[i]].float(), alone[0].float(), atol=2e-2, rtol=2e-2)
+
+
 def test_scalar_head_padding_invariance():
     """The scalar head gives the same per-position scores to a left-padded row as to the row alone."""
     m = tiny(scalar_head=True)
@@ -119,6 +132,24 @@ def test_gumbel_sampling_matches_softmax():
     for temperature in (1.0, 0.5):
         counts = torch.bincount(M.sample_next(logits, temperature), minlength=4).float() / len(logits)
         torch.testing.assert_close(counts, torch.softmax(logits[0] / temperature, -1), atol=0.01, rtol=0)
+
+
+def test_top_k_samples_only_the_k_largest():
+    """sample_next with top_k=k draws every one of the k largest logits and nothing else."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.5, 0.0]]).repeat(2000, 1)
+    assert set(M.sample_next(logits, 1.0, top_k=2).tolist()) == {1, 3}
+    assert set(M.sample_next(logits, 1.0, top_k=1).tolist()) == {1}
+
+
+def test_loss_is_mean_cross_entropy_over_targets_not_minus_one():
+    """forward's loss is the mean cross-entropy of the positions whose target is not -1 (prompt and padding)."""
+    m = tiny()
+    idx, targets = torch.randint(0, 61, (2, 8)), torch.randint(0, 61, (2, 8))
+    targets[0, :3] = targets[1, 6:] = -1
+    logits, loss = m(idx, targets=targets)
+    keep = targets != -1
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], targets[keep]))
 
 
 def test_generate_stops_each_row_at_eos_and_masks_after_it():
@@ -253,8 +284,8 @@ def test_load_lm_takes_a_gpt2_directory(tmp_path, fmt):
     """--init_from=DIR: common.load_lm, which every stage loads a language model with, takes a GPT-2 directory
     in the HF layout by its path: a 'pretrain' model with GPT-2's tokenizer and the logits of the weights
     written, and its in-memory checkpoint loads back to the same model."""
-    w = write_hf_gpt2(str(tmp_path / "gpt2-tiny"), fmt, vocab=50257)
-    model, tok, ckpt = C.load_lm(str(tmp_path / "gpt2-tiny"), stages=("pretrain", "sft"))
+    w = write_hf_gpt2(str(tmp_path / "tiny"), fmt, vocab=50257)  # a path that does not start with "gpt2"
+    model, tok, ckpt = C.load_lm(str(tmp_path / "tiny"), stages=("pretrain", "sft"))
     assert ckpt["stage"] == "pretrain" and tok.vocab_size == 50257 and tok.state() == ckpt["tokenizer"]
     idx = torch.randint(0, 50257, (2, 10))
     torch.testing.assert_close(model.eval()(idx)[0], reference_gpt2_forward(w, idx), atol=1e-4, rtol=1e-4)
