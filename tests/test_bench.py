@@ -1,6 +1,5 @@
 """bench.py at a tiny size: every own-side measurement runs and out/bench.json has its schema; the peers
-(transformers, TRL) where installed. And the explicit attention path that bench.py made the CPU default
-in some cases equals SDPA."""
+(transformers, TRL) where installed."""
 
 import importlib.util
 import json
@@ -15,7 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402
-import model as M  # noqa: E402
 
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=4, steps=2, warmup=1, repeats=1,
             matmul_size=128, extras=False, sample_prompts=4, sample_new_tokens=4, no_cache_lengths=(2, 4),
@@ -96,56 +94,3 @@ def test_peer_comparisons(tmp_path):
     ppo = res["ppo_vs_trl"]
     assert positive(ppo["ratio"])
     assert ppo["ratio"] == pytest.approx(ppo["ours_episodes_per_s"] / ppo["trl_episodes_per_s"])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", ["causal", "padded", "decode", "chunk"])
-def test_explicit_attention_equals_sdpa(dtype, case):
-    """model.explicit_attention (which model.attention takes on a CPU in bf16 for short sequences) computes
-    what SDPA computes, values and gradients: causal (no mask), a left-padded batch, a decoding step (one query
-    over a cache of S keys) and a chunk of 3 queries after 4 cached positions (T < S, a shifted causal mask)."""
-    torch.manual_seed(0)
-    B, nh, S, hs = 3, 2, 7, 8
-    T = {"causal": S, "padded": S, "decode": 1, "chunk": 3}[case]
-    q = torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True)
-    k, v = (torch.randn(B, nh, S, hs, dtype=dtype, requires_grad=True) for _ in range(2))
-    mask = None
-    if case != "causal":
-        past = S - T
-        keys = torch.ones(B, S, dtype=torch.bool)
-        keys[0, :3] = False  # a left-padded row
-        causal = torch.ones(T, S, dtype=torch.bool).tril(diagonal=past)
-        itself = torch.arange(past, S)[:, None] == torch.arange(S)[None, :]
-        mask = ((causal[None] & keys[:, None, :]) | itself[None])[:, None]  # (B, 1, T, S), as GPT.forward builds it
-    y = M.explicit_attention(q, k, v, mask)
-    g = torch.autograd.grad(y.float().sum(), (q, k, v))
-    y_ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-    g_ref = torch.autograd.grad(y_ref.float().sum(), (q, k, v))
-    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(y, y_ref, **tol)
-    for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, **tol)
-
-
-@pytest.mark.parametrize("dtype,T,masked,grad,explicit", [
-    (torch.bfloat16, 64, False, True, True),     # bf16 training, short: explicit
-    (torch.bfloat16, 64, True, False, True),     # bf16 with a mask (a padded forward, a decode step): explicit
-    (torch.bfloat16, 64, False, False, False),   # bf16 inference without a mask: SDPA
-    (torch.bfloat16, 512, False, True, False),   # T x S = 512 x 512: SDPA
-    (torch.bfloat16, 512, True, False, False),   # ... with a mask too
-    (torch.float32, 64, True, True, False),      # fp32: SDPA, mask or not
-    (torch.float32, 64, False, True, False),
-])
-def test_attention_takes_the_measured_faster_path_on_a_cpu(dtype, T, masked, grad, explicit):
-    """model.attention's choice between the explicit path and SDPA, seen in its output: bitwise one or the other."""
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, T, 8, dtype=dtype) for _ in range(3))
-    mask = torch.ones(1, 1, T, T, dtype=torch.bool).tril() if masked else None
-    with torch.set_grad_enabled(grad):
-        y = M.attention(q, k, v, mask)
-        want = M.explicit_attention(q, k, v, mask) if explicit else torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None)
-        other = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None) \
-            if explicit else M.explicit_attention(q, k, v, mask)
-    assert torch.equal(y, want)
-    assert not torch.equal(y, other)  # the two paths differ in their last bits, so the choice shows

@@ -1,4 +1,5 @@
-"""Invariants of model.py: the GPT, its cache, its weight loading, checkpoints, tokenizer and config helper."""
+"""Invariants of model.py: the GPT and its two attention paths, the KV cache, sampling, GPT-2 weight loading
+(by path through common.load_lm too) and checkpoints."""
 
 import json
 import math
@@ -196,6 +197,59 @@ def test_sdpa_equals_explicit_attention():
     x = torch.randn(2, 9, 16)
     attn = m.transformer.h[0].attn
     torch.testing.assert_close(attn(x), explicit_attention(attn, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["causal", "padded", "decode", "chunk"])
+def test_explicit_attention_equals_sdpa(dtype, case):
+    """model.explicit_attention (which model.attention takes on a CPU in bf16 for short sequences) computes
+    what SDPA computes, values and gradients: causal (no mask), a left-padded batch, a decoding step (one query
+    over a cache of S keys) and a chunk of 3 queries after 4 cached positions (T < S, a shifted causal mask)."""
+    torch.manual_seed(0)
+    B, nh, S, hs = 3, 2, 7, 8
+    T = {"causal": S, "padded": S, "decode": 1, "chunk": 3}[case]
+    q = torch.randn(B, nh, T, hs, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, nh, S, hs, dtype=dtype, requires_grad=True) for _ in range(2))
+    mask = None
+    if case != "causal":
+        past = S - T
+        keys = torch.ones(B, S, dtype=torch.bool)
+        keys[0, :3] = False  # a left-padded row
+        causal = torch.ones(T, S, dtype=torch.bool).tril(diagonal=past)
+        itself = torch.arange(past, S)[:, None] == torch.arange(S)[None, :]
+        mask = ((causal[None] & keys[:, None, :]) | itself[None])[:, None]  # (B, 1, T, S), as GPT.forward builds it
+    y = M.explicit_attention(q, k, v, mask)
+    g = torch.autograd.grad(y.float().sum(), (q, k, v))
+    y_ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+    g_ref = torch.autograd.grad(y_ref.float().sum(), (q, k, v))
+    tol = dict(atol=2e-2, rtol=2e-2) if dtype == torch.bfloat16 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y, y_ref, **tol)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("dtype,T,masked,grad,explicit", [
+    (torch.bfloat16, 64, False, True, True),     # bf16 training, short: explicit
+    (torch.bfloat16, 64, True, False, True),     # bf16 with a mask (a padded forward, a decode step): explicit
+    (torch.bfloat16, 64, False, False, False),   # bf16 inference without a mask: SDPA
+    (torch.bfloat16, 512, False, True, False),   # T x S = 512 x 512: SDPA
+    (torch.bfloat16, 512, True, False, False),   # ... with a mask too
+    (torch.float32, 64, True, True, False),      # fp32: SDPA, mask or not
+    (torch.float32, 64, False, True, False),
+])
+def test_attention_follows_its_dispatch_rule_on_a_cpu(dtype, T, masked, grad, explicit):
+    """model.attention's choice between the explicit path and SDPA, seen in its output: bitwise one or the other."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, T, 8, dtype=dtype) for _ in range(3))
+    mask = torch.ones(1, 1, T, T, dtype=torch.bool).tril() if masked else None
+    with torch.set_grad_enabled(grad):
+        y = M.attention(q, k, v, mask)
+        want = M.explicit_attention(q, k, v, mask) if explicit else torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None)
+        other = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None) \
+            if explicit else M.explicit_attention(q, k, v, mask)
+    assert torch.equal(y, want)
+    assert not torch.equal(y, other)  # the two paths differ in their last bits, so the choice shows
 
 
 # -----------------------------------------------------------------------------

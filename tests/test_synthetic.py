@@ -26,7 +26,7 @@ from data.synthetic import (  # noqa: E402
 from data.synthetic.world import ADJECTIVES, NAMES, VERBS, WORLD  # noqa: E402
 from data.tokenizer import Tokenizer  # noqa: E402
 
-TINY = ["--scale=0.02", "--quiet"]  # ~350 prompts, ~30k pretraining tokens: a second or two
+TINY = ["--scale=0.02", "--quiet"]  # ~350 prompts, ~30k pretraining tokens: fast enough for every test
 LAB = TRAIN_LABELERS[0]
 
 
