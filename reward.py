@@ -57,7 +57,7 @@ from model import last_token_scores, save_checkpoint, score_sequences
 @dataclass
 class RewardConfig:
     """Train a reward model on ranked comparisons (InstructGPT step 2, eq. 1)."""
-    init_from: str = "out/sft/sft.pt"  # the SFT (or pretrain) checkpoint whose transformer it takes | resume
+    init_from: str = "out/sft/sft.pt"  # SFT (or pretrain) checkpoint whose transformer it takes | gpt2 | DIR | resume
     data_dir: str = "data/synthetic"  # comparisons_{train,val}.jsonl; sft_train.jsonl for the bias
     out_dir: str = "out/reward"  # reward.pt, resume.pt and metrics.jsonl go here
     epochs: float = 1.0  # passes over the training prompts (the paper: 1; more epochs overfit)

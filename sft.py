@@ -53,7 +53,7 @@ from data.loader import (
     load_split,
     random_windows,
 )
-from data.tokenizer import Tokenizer, dataset_tokenizer
+from data.tokenizer import dataset_tokenizer
 from model import GPT, GPTConfig, generate, load_model, pad_right, save_checkpoint, score_sequences
 
 
@@ -63,7 +63,7 @@ class SFTConfig:
     mode: str = "sft"  # pretrain: every token is a target | sft: response tokens and EOS only
     data_dir: str = "data/synthetic"  # a dataset folder in the formats of data/README.md
     out_dir: str = "out/sft"  # where MODE.pt, resume.pt and metrics.jsonl go
-    init_from: str = "out/pretrain/pretrain.pt"  # scratch | gpt2[-medium|-large|-xl] | PATH.pt | resume
+    init_from: str = "out/pretrain/pretrain.pt"  # scratch | gpt2[-medium|-large|-xl] | GPT-2 DIR | PATH.pt | resume
     vocab: str = "compact"  # init_from=scratch: compact (the tokens the dataset uses) | gpt2 (all 50,257)
     # the model, for init_from=scratch (the CPU default: 4 layers, 128 wide, ~0.8M non-embedding parameters)
     n_layer: int = 4  # transformer blocks
@@ -163,15 +163,14 @@ class Batches:
 
 
 def init_model(cfg, resume_path):
-    """(model, tokenizer, source): a new GPT (scratch), GPT-2's weights, or a checkpoint of this project
-    (source is the file read). A model keeps the vocabulary it was born with, so only scratch builds one."""
+    """(model, tokenizer, source): a new GPT (scratch), GPT-2's weights (by name, or a directory in the Hugging
+    Face layout), or a checkpoint of this project (source is the file read). A model keeps the vocabulary it
+    was born with, so only scratch builds one."""
     if cfg.init_from == "scratch":
         tok = dataset_tokenizer(cfg.data_dir, cfg.vocab)
         model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
                               n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
         return model, tok, cfg.init_from
-    if cfg.init_from.startswith("gpt2"):
-        return GPT.from_pretrained(cfg.init_from, dropout=cfg.dropout), Tokenizer(), cfg.init_from
     resume = cfg.init_from == "resume"
     source = resume_path if resume else cfg.init_from
     model, tok, _ = load_lm(source, stages=("resume",) if resume else ("pretrain", "sft"), dropout=cfg.dropout,
