@@ -12,6 +12,7 @@ behaves exactly as the original is listed with "equivalent" and the reason, and 
 """
 
 import argparse
+import ast
 import os
 import shutil
 import subprocess
@@ -102,6 +103,136 @@ MUTANTS = [
     dict(file="ppo.py", old="optimizer_step(value_model, optimizers[\"value\"], scaler, cfg.grad_clip, where)",
          new="optimizers[\"value\"].zero_grad(set_to_none=True)", tests="tests/test_ppo.py",
          why="the value model never steps"),
+    # model.py and common.py: the network, sampling, checkpoints and the harness
+    dict(file="model.py", old="causal = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)",
+         new="causal = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past + 1)",
+         tests="tests/test_model.py", why="the causal mask lets each query see the next token"),
+    dict(file="model.py", old="attn_mask = ((causal[None] & keys[:, None, :]) | itself[None])[:, None]",
+         new="attn_mask = (causal[None] & keys[:, None, :])[:, None]",
+         tests="tests/test_model.py",
+         why="a left-padding query sees no key: SDPA's NaN for it reaches real tokens through 0 * NaN"),
+    dict(file="model.py", old="position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]",
+         new="position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, :T]",
+         tests="tests/test_model.py", why="a cached step takes the positions of the first T tokens, not its own"),
+    dict(file="model.py", old="position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]",
+         new="position_ids = torch.arange(past, past + T, device=idx.device)[None].expand(B, T)",
+         tests="tests/test_model.py", why="positions count pads: a left-padded row is shifted"),
+    dict(file="model.py", old="            kv_cache.length += T",
+         new="            kv_cache.length += 1",
+         tests="tests/test_model.py", why="the cache offset assumes one token per call: a prefill is overwritten"),
+    dict(file="model.py", old="keys = F.pad(attention_mask.bool(), (0, S - past - T))",
+         new="keys = F.pad(attention_mask.bool(), (S - past - T, 0))",
+         tests="tests/test_model.py", why="the cache's key mask padded on the wrong side: keys misaligned"),
+    dict(file="model.py", old="att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))",
+         new="att = (q @ k.transpose(-2, -1)) * (1.0 / q.size(-1))",
+         tests="tests/test_model.py", why="explicit attention scaled by 1/hs instead of 1/sqrt(hs)"),
+    dict(file="model.py", old="attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril()",
+         new="attn_mask = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool, device=q.device).tril(1)",
+         tests="tests/test_model.py", why="explicit attention's default causal mask sees one token ahead"),
+    dict(file="model.py", old="q.size(-2) * k.size(-2) < 512 * 512",
+         new="q.size(-2) * k.size(-2) <= 512 * 512",
+         tests="tests/test_model.py", why="the dispatch takes the explicit path at 512 x 512, where SDPA is the rule"),
+    dict(file="model.py", old="logits = logits[:, prompt_len - 1:-1].float() / temperature",
+         new="logits = logits[:, prompt_len - 1:-1].float()",
+         tests="tests/test_ppo.py", why="logprobs ignore the sampling temperature"),
+    dict(file="model.py", old="logprobs = logprobs_from_logits(logits, seqs[:, prompt_len:])",
+         new="logprobs = logprobs_from_logits(logits, seqs[:, prompt_len - 1:-1])",
+         tests="tests/test_ppo.py", why="each logit scores the token it was fed, not the one it predicts"),
+    dict(file="model.py", old="return scores.gather(1, (lengths - 1)[:, None]).squeeze(1)",
+         new="return scores[:, -1]",
+         tests="tests/test_reward.py", why="the reward read at the last column, a pad for all but the longest"),
+    dict(file="model.py", old="z = logits.float() / temperature",
+         new="z = logits.float() * temperature",
+         tests="tests/test_model.py", why="temperature multiplies the logits"),
+    dict(file="model.py", old='z = z.masked_fill(z < kth, float("-inf"))',
+         new='z = z.masked_fill(z <= kth, float("-inf"))',
+         tests="tests/test_model.py", why="top_k keeps k - 1 tokens"),
+    dict(file="model.py", old="response_mask = (is_eos.cumsum(1) - is_eos) == 0",
+         new="response_mask = is_eos.cumsum(1) == 0",
+         tests="tests/test_model.py", why="the closing EOS left out of the response mask"),
+    dict(file="model.py", old='    with atomic_write(path, "wb") as f:\n        torch.save(ckpt, f)',
+         new='    with open(path, "wb") as f:\n        torch.save(ckpt, f)',
+         tests="tests/test_model.py", why="a checkpoint written in place: an interrupted save destroys the last one"),
+    dict(file="model.py", old="ignore_index=-1)", new="ignore_index=-100)",
+         tests="tests/test_model.py", why="the -1 targets (prompt, padding) are not ignored"),
+    dict(file="model.py",
+         old='transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")',
+         new='transposed = ("attn.c_attn.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")',
+         tests="tests/test_model.py", why="GPT-2's square attention projection loaded untransposed"),
+    dict(file="model.py",
+         old="return torch.empty_like(scores).index_copy_(0, torch.tensor(order, device=scores.device), scores)",
+         new="return scores", tests="tests/test_reward.py", why="scores returned in the length-sorted order"),
+    dict(file="common.py", old="return peak_lr * (step + 1) / warmup_steps",
+         new="return peak_lr * step / warmup_steps",
+         tests="tests/test_common.py", why="warmup starts at lr 0 and never reaches the peak"),
+    dict(file="common.py", old="progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))",
+         new="progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)",
+         tests="tests/test_common.py", why="past the last step the cosine rises again"),
+    dict(file="common.py", old='grad_clip if grad_clip > 0 else float("inf")',
+         new='grad_clip if grad_clip >= 0 else float("inf")',
+         tests="tests/test_common.py", why="grad_clip = 0 (off) clips every gradient to nothing"),
+    dict(file="common.py", old="    if not scaler.is_enabled():  # fp16's scaler skips steps with inf gradients itself",
+         new="    if scaler.is_enabled():  # fp16's scaler skips steps with inf gradients itself",
+         tests="tests/test_common.py", why="the finite check skipped in bf16/fp32: a NaN gradient reaches the weights"),
+    dict(file="common.py", old="    optimizer.zero_grad(set_to_none=True)\n", new="",
+         tests="tests/test_common.py", why="gradients never cleared: every step accumulates all earlier ones"),
+    dict(file="common.py", old='{"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}',
+         new='{"params": [p for p in params if p.dim() < 2], "weight_decay": weight_decay}',
+         tests="tests/test_common.py", why="biases and LayerNorm gains decayed"),
+    dict(file="common.py", old='kept = [line for line in f if json.loads(line).get("step", 0) <= resume_step]',
+         new='kept = [line for line in f if json.loads(line).get("step", 0) < resume_step]',
+         tests="tests/test_common.py", why="the resume step's own metrics line dropped"),
+    dict(file="common.py", old="return source in GPT2_SIZES or os.path.isdir(source)",
+         new='return source.startswith("gpt2")',
+         tests="tests/test_model.py", why="a GPT-2 directory whose path does not start with gpt2 read as a checkpoint"),
+    dict(file="common.py",
+         old="model = GPT.from_pretrained(source, dropout=0.0 if dropout is None else dropout, scalar_head=bool(scalar_head))",
+         new="model = GPT.from_pretrained(source, dropout=0.0 if dropout is None else dropout)",
+         tests="tests/test_model.py", why="a reward model started from GPT-2 keeps the unembedding"),
+    dict(file="common.py", old='    if stages is not None and "pretrain" not in stages:\n',
+         new='    if False:\n', tests="tests/test_model.py",
+         why="GPT-2 accepted where a stage needs an SFT checkpoint"),
+    # data/synthetic/evaluate.py: what the evaluation reports
+    dict(file='data/synthetic/evaluate.py',
+         old='labelers, suffix = (HELDOUT_LABELERS, "") if args.split == "test" else (TRAIN_LABELERS, "_val")',
+         new='labelers, suffix = (TRAIN_LABELERS, "") if args.split == "test" else (TRAIN_LABELERS, "_val")',
+         tests='tests/test_pipeline.py',
+         why='the test measurement judged by the training labelers, whose preferences the RM was trained on'),
+    dict(file='data/synthetic/evaluate.py',
+         old='rate, ci = win_rate(prompts, s["texts"], b["texts"], labelers, s["ended"], b["ended"])',
+         new='rate, ci = win_rate(prompts, b["texts"], s["texts"], labelers, b["ended"], s["ended"])',
+         tests='tests/test_pipeline.py',
+         why='the win rate of SFT against the model (1 - rate): a better policy reads as worse'),
+    dict(file='data/synthetic/evaluate.py',
+         old='results[name]["win" + tag], results[name]["win_ci95" + tag] = rate, ci',
+         new='results[name]["win" + tag], results[name]["win_ci95"] = rate, ci',
+         tests='tests/test_pipeline.py',
+         why="the T=1 pass's CI overwrites the greedy win rate's CI (and win_ci95_t1 is never written)"),
+    dict(file='data/synthetic/evaluate.py',
+         old='return (logprob_sums(model, own, tokens) - logprob_sums(ref, bare, tokens)).mean().item()',
+         new='return (logprob_sums(ref, bare, tokens) - logprob_sums(model, own, tokens)).mean().item()',
+         tests='tests/test_pipeline.py',
+         why="KL's sign flipped: KL(model || SFT) negative on the model's own samples"),
+    dict(file='data/synthetic/evaluate.py',
+         old='return (logprob_sums(model, own, tokens) - logprob_sums(ref, bare, tokens)).mean().item()',
+         new='return (logprob_sums(model, own, tokens) - logprob_sums(ref, own, tokens)).mean().item()',
+         tests='tests/test_pipeline.py',
+         why="SFT scored with the model's few-shot prefix, a context it is never asked in"),
+    dict(file='data/synthetic/evaluate.py',
+         old='LABELER_SETS = {"train_labelers": TRAIN_LABELERS, "heldout_labelers": HELDOUT_LABELERS}',
+         new='LABELER_SETS = {"train_labelers": HELDOUT_LABELERS, "heldout_labelers": TRAIN_LABELERS}',
+         tests='tests/test_pipeline.py',
+         why="the RM's accuracy on its own training labelers reported as the held-out labelers' (looks better)"),
+    dict(file='data/synthetic/evaluate.py',
+         old='agree += 0.5 if dr == 0 else float((dr > 0) == (d > 0))',
+         new='agree += float((dr > 0) == (d > 0))',
+         tests='tests/test_pipeline.py',
+         why='a reward tie counted as a vote for the second response instead of half'),
+    dict(file='data/synthetic/evaluate.py',
+         old='truth = "ppo_ptx" if run_config["ptx_coef"] > 0 else "ppo"',
+         new='truth = "ppo_ptx" if run_config["ptx_coef"] >= 0 else "ppo"',
+         tests='tests/test_pipeline.py',
+         why='every PPO checkpoint, plain PPO included, relabelled as PPO-ptx'),
 ]
 
 
@@ -116,13 +247,27 @@ def copy_tree(dst):
             shutil.copy2(src, dst / f)
 
 
+def problems(mutant, root=ROOT):
+    """Why a mutant is not a runnable bug of today's code (its old text must occur once, the mutated file must
+    still parse, so that a kill is the tests' doing and not a SyntaxError's); [] when it is."""
+    path = root / mutant["file"]
+    if not path.is_file():
+        return [f"{mutant['file']}: no such file"]
+    text = path.read_text()
+    found = [f"{mutant['file']}: the old text occurs {text.count(mutant['old'])} times, not once: "
+             f"{mutant['old'][:70]!r}"] if text.count(mutant["old"]) != 1 else []
+    try:
+        ast.parse(text.replace(mutant["old"], mutant["new"]))
+    except SyntaxError as e:
+        found.append(f"{mutant['file']}: the mutant does not parse ({e.msg}): {mutant['new'][:70]!r}")
+    found += [f"{t}: no such test file" for t in mutant["tests"].split() if not (root / t).is_file()]
+    return found
+
+
 def run_mutant(tree, mutant, timeout):
     """Apply the mutant in tree, run its tests, restore the file. Returns (killed, seconds)."""
     path = tree / mutant["file"]
     original = path.read_text()
-    if original.count(mutant["old"]) != 1:
-        raise SystemExit(f"error: {mutant['file']}: the mutant's old text occurs {original.count(mutant['old'])} "
-                         f"times, not once: {mutant['old'][:70]!r}")
     path.write_text(original.replace(mutant["old"], mutant["new"]))
     t0 = time.time()
     try:
@@ -144,6 +289,9 @@ def main():
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant's tests")
     args = parser.parse_args()
     mutants = [m for m in MUTANTS if args.only in m["file"]]
+    broken = [p for m in mutants for p in problems(m)]
+    if broken:
+        raise SystemExit("error: " + "\nerror: ".join(broken))
     if args.list:
         for i, m in enumerate(mutants):
             tag = " (equivalent)" if "equivalent" in m else ""
