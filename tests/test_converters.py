@@ -16,7 +16,7 @@ from data.formats import FORMATS, DataError, read_jsonl, render_prompt, render_r
 hh = importlib.import_module("data.hh_rlhf.prepare")
 oasst = importlib.import_module("data.oasst.prepare")
 alpaca = importlib.import_module("data.alpaca.prepare")
-shakespeare = importlib.import_module("data.shakespeare.prepare")
+plain = importlib.import_module("data.text.prepare")
 
 
 def write_jsonl_lines(path, records, compress=False):
@@ -180,9 +180,9 @@ def test_alpaca_missing_and_empty_fields_counted(tmp_path, capsys):
 
 
 # -----------------------------------------------------------------------------
-# Shakespeare
+# plain text
 
-def test_shakespeare_split_covers_all_text(tmp_path):
+def test_text_split_covers_all_text(tmp_path):
     """Train + val chunks hold every word of the text exactly once, in bounded chunks, the same every run."""
     paragraphs = [f"SPEAKER {i}:\n" + " ".join(f"word{i}_{j}" for j in range(i % 7 + 1)) for i in range(60)]
     paragraphs.append("LONG:\n" + "\n".join(f"line {k} " + "x" * 40 for k in range(10)))  # > max_chars alone
@@ -190,7 +190,7 @@ def test_shakespeare_split_covers_all_text(tmp_path):
     src.write_text("\n\n".join(paragraphs) + "\n")
     out1, out2 = tmp_path / "a", tmp_path / "b"
     for out in (out1, out2):
-        shakespeare.main([f"--src={src}", f"--out_dir={out}", "--max_chars=120"])
+        plain.main([f"--src={src}", f"--out_dir={out}", "--max_chars=120"])
     chunks = read_all(out1, "pretrain")
     assert Counter(w for r in chunks for w in r["text"].split()) == Counter(src.read_text().split())
     assert max(len(r["text"]) for r in chunks) <= 120
@@ -222,7 +222,7 @@ def test_malformed_json_line_is_one_line_error(tmp_path, capsys, monkeypatch, mo
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("module", [hh, oasst, alpaca, shakespeare])
+@pytest.mark.parametrize("module", [hh, oasst, alpaca, plain])
 def test_missing_src_is_one_line_error(tmp_path, capsys, monkeypatch, module):
     """A nonexistent --src: exit code 1 with "error: FILE: no such file", not a traceback."""
     missing = tmp_path / "nope.jsonl"
@@ -239,7 +239,7 @@ def test_truncated_gzip_is_one_line_error(tmp_path, capsys, monkeypatch):
     assert err.startswith(f"error: {src}: corrupt or truncated gzip file") and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("module", [hh, oasst, alpaca, shakespeare])
+@pytest.mark.parametrize("module", [hh, oasst, alpaca, plain])
 def test_unknown_flag_is_one_line_error(tmp_path, capsys, monkeypatch, module):
     """The old --out (now --out_dir) is an unknown flag: one line naming it, exit code 1, nothing written."""
     src = write_jsonl_lines(tmp_path / "ok.jsonl", [hh_pair([("Human", "Q")], "good", "bad")])
@@ -252,7 +252,7 @@ def test_unknown_flag_is_one_line_error(tmp_path, capsys, monkeypatch, module):
 def test_bad_flag_value_is_refused(tmp_path, flag):
     """A value out of range or of the wrong type stops main() with a one-line error before anything is read."""
     with pytest.raises((ConfigError, DataError), match=flag.split("=")[0]):
-        shakespeare.main([f"--src={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path / 'out'}", flag])
+        plain.main([f"--src={tmp_path / 'nope.txt'}", f"--out_dir={tmp_path / 'out'}", flag])
     assert not (tmp_path / "out").exists()
 
 

@@ -1,5 +1,7 @@
 """
-Any plain-text file (tiny Shakespeare by default) -> pretraining text, in data/shakespeare/.
+Any plain-text files -> pretraining text (pretrain_{train,val}.jsonl), in data/text/: a base model's corpus,
+PPO-ptx's pretraining mix (ppo.py --ptx_data_dir=data/text) and the held-out text of the alignment tax
+(evaluate.py --text_dir=data/text). Without --src it downloads tiny Shakespeare.
 
 The text is cut at blank lines into paragraphs (speeches, for Shakespeare), and consecutive paragraphs are
 packed into records of at most --max_chars characters; a paragraph longer than that is cut at line ends,
@@ -7,9 +9,10 @@ and a line longer than that at --max_chars. Whole records then go to train or va
 picked by a seeded hash, so the split is the same on every run). Nothing is dropped except whitespace
 and exact duplicate records (counted).
 
-    python data/shakespeare/prepare.py --src=../shared/data/tinyshakespeare.txt
-    python data/shakespeare/prepare.py      # downloads char-rnn's tinyshakespeare input.txt, ~1 MB
-    python data/shakespeare/prepare.py --help
+    python data/text/prepare.py --src=book1.txt,book2.txt.gz
+    python data/text/prepare.py --src=../shared/data/tinyshakespeare.txt
+    python data/text/prepare.py      # downloads char-rnn's tinyshakespeare input.txt, ~1 MB
+    python data/text/prepare.py --help
 """
 
 import re
@@ -23,10 +26,10 @@ from data.formats import Collector, convert_files, fetch, read_lines  # noqa: E4
 
 
 @dataclass
-class ShakespeareConfig:
-    """Any plain-text file (tiny Shakespeare by default) -> pretraining text records."""
+class TextConfig:
+    """Any plain-text files (tiny Shakespeare by default) -> pretraining text records."""
     src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download tinyshakespeare
-    out_dir: str = "data/shakespeare"  # where the JSONL files go
+    out_dir: str = "data/text"  # where the JSONL files go
     val_fraction: float = 0.1  # fraction of the records that go to val
     seed: int = 0  # seed of the hash that picks the val records
     max_chars: int = 1000  # the most characters in one record (paragraphs are packed up to it, cut beyond it)
@@ -74,7 +77,7 @@ def convert(src, data: Collector) -> int:
 
 def main(argv=None) -> dict:
     """Convert, write out_dir/pretrain_{train,val}.jsonl; returns {file: count}."""
-    cfg = parse_config(ShakespeareConfig, argv)
+    cfg = parse_config(TextConfig, argv)
     srcs = cfg.src or [fetch([URL], HERE / "downloads" / "input.txt")]
     return convert_files(cfg, ["pretrain"], srcs, convert, "characters")
 
