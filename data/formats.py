@@ -8,6 +8,7 @@ there is one set of checks and one writer. The formats (see data/README.md for t
     pretrain_{train,val}.jsonl     {"text": str}
     sft_{train,val}.jsonl          {"prompt": str, "response": str}
     comparisons_{train,val}.jsonl  {"prompt": str, "responses": [best, ..., worst]}   K >= 2, distinct
+    comparisons_judge.jsonl        the same, for a held-out judge reward model (real preference data)
     prompts_{train,val}.jsonl      {"prompt": str}
 
 The chat template, identical in SFT, RM and PPO:
@@ -43,7 +44,7 @@ FORMATS = {
     "comparisons": {"prompt": str, "responses": list[str]},
     "prompts": {"prompt": str},
 }
-SPLITS = ("train", "val")  # the synthetic world adds "test" for prompts
+SPLITS = ("train", "val")  # the synthetic world adds "test" for prompts, the preference converters "judge"
 
 
 class DataError(ValueError):
@@ -61,6 +62,12 @@ def render_prompt(prompt: str) -> str:
 def render_response(response: str) -> str:
     """Target text for a response. The tokenizer code appends the EOS token id after it."""
     return " " + response
+
+
+def holds_template(prompt: str) -> bool:
+    """Does a prompt carry the chat template itself (a raw "Human: ... Assistant:" transcript)? The stages add
+    it, so a model would read it twice. A multi-turn prompt holds "Assistant:" turns inside, never at its ends."""
+    return prompt.lstrip().startswith("Human:") or prompt.rstrip().endswith("Assistant:")
 
 
 def join_turns(turns: list[str]) -> str:
@@ -161,6 +168,10 @@ def check_record(record, fields: dict, where: str) -> dict:
             raise DataError(f"{where}: field '{name}' should be {_type_name(t)}, got {got}")
         if isinstance(value, str) and not value.strip():
             raise DataError(f"{where}: field '{name}' is empty")
+        if name == "prompt" and holds_template(value):
+            raise DataError(f"{where}: field 'prompt' holds the chat template ({value[:40]!r}): store the bare "
+                            f"prompt, the stages add 'Human: ... Assistant:' themselves (data/README.md; "
+                            f"data/hh_rlhf/prepare.py converts HH transcripts)")
         if name == "responses":
             if len(value) < 2:
                 raise DataError(f"{where}: field 'responses' needs K >= 2 responses, got {len(value)}")
@@ -274,6 +285,9 @@ class Collector:
         return record[name]
 
     def _keep(self, kind, group, record, where, n_chars):
+        if "prompt" in record and holds_template(record["prompt"]):  # read_jsonl would refuse the whole file
+            self.skip(f"{kind}: prompt holds the chat template", where)
+            return False
         if n_chars > self.max_chars:
             self.skip(f"{kind}: longer than --max_chars={self.max_chars}", where)
             return False
@@ -334,17 +348,33 @@ class Collector:
             at = f" (first at {self.first_at[reason]})" if self.first_at[reason] else ""
             print(f"skipped {n:6d}: {reason}{at}")
 
-    def write(self, out_dir, val_fraction: float, seed: int = 0) -> dict:
-        """Print the skip counts, split by group, write {kind}_{train,val}.jsonl; returns {file: count}."""
+    def write(self, out_dir, val_fraction: float, seed: int = 0, judge_fraction: float = 0.0) -> dict:
+        """Print the skip counts, split by group, write {kind}_{train,val}.jsonl; returns {file: count}.
+
+        judge_fraction > 0: that fraction of the training groups' comparisons goes to comparisons_judge.jsonl
+        instead of comparisons_train.jsonl, the data of a held-out judge reward model that the policy's reward
+        model never sees (reward.py --train_split=judge, evaluate.py); their demonstrations and prompts stay
+        in train. The judge groups are ranked by a hash of their own (seed:judge:group), so that they do not
+        depend on the val split's."""
         self.report_skips()
         if not any(self.records.values()):
             raise DataError("no examples left to write (see the skip counts above)")
         groups_per_kind = [[g for g, _ in pairs] for pairs in self.records.values()]
         val_groups = choose_val(groups_per_kind, val_fraction, seed)
+        judge_groups = set()
+        if judge_fraction > 0 and "comparisons" in self.kinds:
+            train_groups = [g for g, _ in self.records["comparisons"] if g not in val_groups]
+            judge_groups = choose_val([train_groups], judge_fraction, f"{seed}:judge")
+
+        def split_of(kind, group):
+            if group in val_groups:
+                return "val"
+            return "judge" if kind == "comparisons" and group in judge_groups else "train"
+
         counts = {}
         for kind in self.kinds:
-            for split in SPLITS:
-                records = [r for g, r in self.records[kind] if (g in val_groups) == (split == "val")]
+            for split in SPLITS + (("judge",) if kind == "comparisons" and judge_fraction > 0 else ()):
+                records = [r for g, r in self.records[kind] if split_of(kind, g) == split]
                 path = Path(out_dir) / f"{kind}_{split}.jsonl"
                 counts[path.name] = write_jsonl(path, records)
                 print(f"wrote {counts[path.name]:6d} records to {path}")
@@ -387,7 +417,10 @@ def convert_files(cfg, kinds, srcs, convert, unit):
     if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
         raise DataError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, got {cfg.val_fraction} and "
                         f"{cfg.max_chars}")
+    judge_fraction = getattr(cfg, "judge_fraction", 0.0)  # the preference converters' held-out judge split
+    if not 0 <= judge_fraction < 1:
+        raise DataError(f"--judge_fraction must be in [0, 1), got {judge_fraction}")
     data = Collector(kinds, cfg.max_chars)
     for src in srcs:
         print(f"read {convert(src, data)} {unit} from {src}")
-    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed)
+    return data.write(cfg.out_dir, cfg.val_fraction, cfg.seed, judge_fraction)

@@ -1,6 +1,7 @@
 """Tests of the real-data converters (data/*/prepare.py) on tiny hand-written samples, run in-process."""
 
 import gzip
+import hashlib
 import importlib
 import json
 import sys
@@ -70,6 +71,57 @@ def test_hh_skips_bad_pairs_with_counted_reasons(tmp_path, capsys):
     assert [r["responses"] for r in read_all(tmp_path / "out", "comparisons")] == [["good", "bad"]]
 
 
+def test_hh_prompt_holding_the_chat_template_is_skipped_and_counted(tmp_path, capsys):
+    """A transcript whose human turn starts with "Human:" again would give a prompt that holds the chat template,
+    which every stage refuses: the converter counts it out instead of writing a file the stages cannot read."""
+    records = [hh_pair([("Human", "Q")], "good", "bad"), hh_pair([("Human", "Human: Q2")], "good", "bad")]
+    hh.main([f"--src={write_jsonl_lines(tmp_path / 'hh.jsonl', records)}", f"--out_dir={tmp_path / 'out'}"])
+    assert "skipped      1: comparisons: prompt holds the chat template" in capsys.readouterr().out
+    assert [r["prompt"] for r in read_all(tmp_path / "out", "comparisons")] == ["Q"]
+
+
+def comparison_prompts(out):
+    """{split: [prompt, ...]} of the comparisons files a converter wrote into out."""
+    return {split: [r["prompt"] for r in read_jsonl(out / f"comparisons_{split}.jsonl")]
+            for split in ("train", "val", "judge") if (out / f"comparisons_{split}.jsonl").exists()}
+
+
+def test_judge_split_is_a_seeded_hash_of_the_training_prompts(tmp_path):
+    """comparisons_judge.jsonl holds the comparisons of round(judge_fraction * n) of the n training prompts: those
+    first by sha256(seed:judge:prompt), whatever the input's order, none of them in comparisons_train or _val,
+    which hold the rest; another seed picks others."""
+    pairs = [hh_pair([("Human", f"Question {i}?")], f"Answer {i}.", f"No {i}.") for i in range(40)]
+    runs = {}
+    for name, records, seed in (("a", pairs, 0), ("reversed", pairs[::-1], 0), ("seed1", pairs, 1)):
+        src = write_jsonl_lines(tmp_path / f"{name}.jsonl", records)
+        hh.main([f"--src={src}", f"--out_dir={tmp_path / name}", f"--seed={seed}", "--judge_fraction=0.25"])
+        runs[name] = comparison_prompts(tmp_path / name)
+    split = runs["a"]
+    train, val, judge = (set(split[s]) for s in ("train", "val", "judge"))
+    assert not (train & val or train & judge or val & judge)
+    assert train | val | judge == {f"Question {i}?" for i in range(40)}
+    assert judge == set(sorted(train | judge, key=lambda g: hashlib.sha256(f"0:judge:{g}".encode()).hexdigest())
+                        [:round(0.25 * len(train | judge))])
+    assert {k: set(v) for k, v in runs["reversed"].items()} == {k: set(v) for k, v in split.items()}
+    assert set(runs["seed1"]["judge"]) != judge
+
+
+def test_judge_split_leaves_demonstrations_and_prompts_alone(tmp_path):
+    """--judge_fraction moves comparisons only: sft_* and prompts_* are the same files as without it, and
+    --judge_fraction=0 writes no comparisons_judge.jsonl and keeps every training comparison in train."""
+    pairs = [hh_pair([("Human", f"Question {i}?")], f"Answer {i}.", f"No {i}.") for i in range(30)]
+    src = write_jsonl_lines(tmp_path / "hh.jsonl", pairs)
+    for name, fraction in (("none", 0), ("judge", 0.2)):
+        hh.main([f"--src={src}", f"--out_dir={tmp_path / name}", f"--judge_fraction={fraction}"])
+    for kind in ("sft", "prompts"):
+        for split in ("train", "val"):
+            name = f"{kind}_{split}.jsonl"
+            assert (tmp_path / "none" / name).read_text() == (tmp_path / "judge" / name).read_text(), name
+    none, judged = comparison_prompts(tmp_path / "none"), comparison_prompts(tmp_path / "judge")
+    assert "judge" not in none and len(judged["judge"]) == round(0.2 * len(none["train"]))
+    assert sorted(judged["train"] + judged["judge"]) == sorted(none["train"]) and judged["val"] == none["val"]
+
+
 # -----------------------------------------------------------------------------
 # OpenAssistant
 
@@ -105,6 +157,18 @@ def test_oasst_kway_order_by_rank_and_unranked_skipped(tmp_path, capsys):
     assert [r["prompt"] for _, r in data.records["prompts"]] == ["Are apples healthy?", follow_prompt]
     assert data.skipped == {"comparisons: unranked reply left out": 1}
     assert {g for kind in data.records.values() for g, _ in kind} == {"t1"}  # one tree, one group
+
+
+def test_oasst_judge_split_keeps_a_tree_together(tmp_path):
+    """The judge split picks whole trees: a tree's two rankings (its question and the follow-up) land in
+    comparisons_judge.jsonl together or not at all."""
+    trees = [json.loads(json.dumps(oasst_tree(f"t{i}")).replace("apples", f"apples{i}")) for i in range(10)]
+    src = write_jsonl_lines(tmp_path / "trees.jsonl", trees)
+    oasst.main([f"--src={src}", f"--out_dir={tmp_path / 'out'}", "--judge_fraction=0.3"])
+    split = comparison_prompts(tmp_path / "out")
+    judged = {p.split("?")[0] for p in split["judge"]}  # "Are apples3 healthy" for both rankings of tree 3
+    assert len(split["judge"]) == 2 * len(judged) == 2 * round(0.3 * (10 - len(split["val"]) // 2))
+    assert not judged & {p.split("?")[0] for p in split["train"] + split["val"]}
 
 
 def test_oasst_language_filter(tmp_path, capsys):

@@ -5,7 +5,9 @@ Each input line is {"chosen": transcript, "rejected": transcript}; a transcript 
 "\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nHuman: ...\\n\\nAssistant: ..." and the two differ in the last
 Assistant turn. Everything before the last "\\n\\nAssistant:" is the prompt (earlier turns kept inside it,
 see data/formats.py), what follows it is the response, so "\\n\\n" + render_prompt(prompt) +
-render_response(response) gives the transcript back.
+render_response(response) gives the transcript back. The comparisons of --judge_fraction of the training
+prompts go to comparisons_judge.jsonl instead of comparisons_train.jsonl: the data of a held-out judge reward
+model (reward.py --train_split=judge) that evaluate.py judges the policies with.
 
     python data/hh_rlhf/prepare.py --src=../shared/data/hh-rlhf-harmless-base-test.jsonl.gz
     python data/hh_rlhf/prepare.py      # downloads harmless-base + helpful-base (train and test), ~40 MB
@@ -33,6 +35,7 @@ class HHConfig:
     val_fraction: float = 0.1  # fraction of the prompts whose examples go to val
     seed: int = 0  # seed of the hash that picks the val prompts
     max_chars: int = 4000  # skip examples longer than this many characters
+    judge_fraction: float = 0.2  # fraction of the training prompts whose comparisons go to comparisons_judge.jsonl
 
 
 HERE = Path(__file__).resolve().parent
@@ -83,7 +86,8 @@ def convert(src, data: Collector) -> int:
 
 
 def main(argv=None) -> dict:
-    """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl; returns {file: count}."""
+    """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl and comparisons_judge.jsonl; returns
+    {file: count}."""
     cfg = parse_config(HHConfig, argv)
     srcs = cfg.src or [fetch([f"{host}/{subset}/{split}.jsonl.gz" for host in HOSTS],
                              HERE / "downloads" / f"{subset}-{split}.jsonl.gz") for subset, split in SUBSETS]

@@ -8,7 +8,9 @@ One tree per line: {"message_tree_id", "prompt": message}, a message being {"tex
   - the assistant replies to it that carry a human "rank" (0 = best) give one comparison, best first
     (needs >= 2 ranked replies); unranked replies are left out of comparisons (counted);
   - the best-ranked (rank 0) reply gives an SFT pair.
-All examples of one tree share a group, so a tree lands wholly in train or in val.
+All examples of one tree share a group, so a tree lands wholly in train or in val. The comparisons of
+--judge_fraction of the training trees go to comparisons_judge.jsonl instead of comparisons_train.jsonl: the data
+of a held-out judge reward model (reward.py --train_split=judge) that evaluate.py judges the policies with.
 
     python data/oasst/prepare.py --src=../shared/data/oasst2-trees-sample.jsonl.gz --lang=en
     python data/oasst/prepare.py --lang=en    # downloads oasst1 2023-04-12_oasst_ready.trees.jsonl.gz, ~10 MB
@@ -36,6 +38,7 @@ class OASSTConfig:
     val_fraction: float = 0.1  # fraction of the trees whose examples go to val
     seed: int = 0  # seed of the hash that picks the val trees
     max_chars: int = 4000  # skip examples longer than this many characters
+    judge_fraction: float = 0.2  # fraction of the training trees whose comparisons go to comparisons_judge.jsonl
     lang: str = ""  # keep only trees whose first message has this language (e.g. en); empty: all
 
 
@@ -103,7 +106,8 @@ def convert(src, data: Collector, lang: str | None = None) -> int:
 
 
 def main(argv=None) -> dict:
-    """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl; returns {file: count}."""
+    """Convert, write out_dir/{comparisons,sft,prompts}_{train,val}.jsonl and comparisons_judge.jsonl; returns
+    {file: count}."""
     cfg = parse_config(OASSTConfig, argv)
     srcs = cfg.src or [fetch([URL], HERE / "downloads" / URL.rsplit("/", 1)[1])]
     return convert_files(cfg, ["comparisons", "sft", "prompts"], srcs,
