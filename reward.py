@@ -18,6 +18,10 @@ GPU, on Anthropic HH-RLHF (K = 2) from a GPT-2 SFT model, and on 8 GPUs (64 prom
 
     python reward.py --data_dir=data/hh_rlhf --out_dir=out/reward_hh --batch_size=64 --lr=9e-6
     torchrun --standalone --nproc_per_node=8 reward.py --data_dir=data/hh_rlhf --batch_size=64 --lr=9e-6
+
+The held-out judge of real data, on the comparisons the converters set aside for it (evaluate.py --judge_model):
+
+    python reward.py --data_dir=data/hh_rlhf --train_split=judge --out_dir=out/judge_rm
 """
 
 import contextlib
@@ -59,6 +63,7 @@ class RewardConfig:
     """Train a reward model on ranked comparisons (InstructGPT step 2, eq. 1)."""
     init_from: str = "out/sft/sft.pt"  # SFT (or pretrain) checkpoint whose transformer it takes | gpt2 | DIR | resume
     data_dir: str = "data/synthetic"  # comparisons_{train,val}.jsonl; sft_train.jsonl for the bias
+    train_split: str = "train"  # comparisons_SPLIT.jsonl it trains on: train | judge (real data's held-out judge)
     out_dir: str = "out/reward"  # reward.pt, resume.pt and metrics.jsonl go here
     epochs: float = 1.0  # passes over the training prompts (the paper: 1; more epochs overfit)
     max_steps: int = 0  # if > 0, train this many steps instead (the lr schedule spans them)
@@ -337,7 +342,7 @@ def normalise(model, policy, tok, cfg, rt):
     elif rt.master:
         print(f"warning: {cfg.data_dir} has no sft_train.jsonl: the reward bias is left as trained")
     if policy and policy not in ("none", "resume") and cfg.norm_samples:
-        prompts = [r["prompt"] for r in read_split(cfg.data_dir, "comparisons", "train")[:cfg.norm_samples]]
+        prompts = [r["prompt"] for r in read_split(cfg.data_dir, "comparisons", cfg.train_split)[:cfg.norm_samples]]
         std, n = policy_reward_std(model, policy, tok, prompts, cfg, rt)
         with torch.no_grad():
             model.score_head.weight /= std
@@ -366,8 +371,11 @@ def main(argv=None):
     resume = ckpt["stage"] == "resume"
 
     # 2. data: prompts with their K ranked responses, best first; prompts whose longest one does not fit dropped
+    if cfg.train_split not in ("train", "judge"):
+        raise ConfigError(f"--train_split must be train or judge (val is what the RM is validated on), got "
+                          f"{cfg.train_split!r}")
     with vocabulary_of(source, cfg.data_dir):
-        train = Comparisons(cfg.data_dir, "train", tok, model.config.block_size, rt.master)
+        train = Comparisons(cfg.data_dir, cfg.train_split, tok, model.config.block_size, rt.master)
         val = Comparisons(cfg.data_dir, "val", tok, model.config.block_size, rt.master)
     val_texts, judge = read_split(cfg.data_dir, "comparisons", "val"), load_judge(cfg.data_dir)
     eval_rows = np.sort(np.random.default_rng(cfg.seed).permutation(len(val))[:cfg.eval_prompts or None])
