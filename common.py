@@ -4,6 +4,7 @@ their algorithm and little else.
 
     parse_config, run      --key=value overrides of a stage's @dataclass (per-mode defaults shown by
                            --help), and one-line errors, not tracebacks, for mistakes a user can make
+    ranged, check_ranges   a field's valid values, declared beside its default (`= ranged(64, ">= 1")`)
     setup_runtime          device, dtype, autocast and DDP, chosen once the same way in every stage
     configure_optimizer, set_lr, cosine_lr, optimizer_step, check_finite
     flops_per_token, estimate_mfu   nanoGPT's FLOPs count, and its fraction of a GPU's bf16 peak
@@ -56,6 +57,83 @@ class ConfigError(ValueError):
 # Configuration: a stage's @dataclass, overridden by --key=value
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field, written as in mathematics: `>= 1`, `> 0`, `<= 1`, `[0, 1]`,
+    `[0, 1)`, `(0, 1]`, `[0, 2**32)`. A bound left out is infinity, excluded: only a range that closes at
+    inf (`[0, inf]`) lets inf through; NaN is in no range."""
+    text: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_closed: bool = False
+    hi_closed: bool = False
+
+    @classmethod
+    def parse(cls, text):
+        one_sided = re.fullmatch(r"(>=|>|<=|<)\s*(\S+)", text.strip())
+        if one_sided:
+            op, bound = one_sided[1], number(one_sided[2])
+            if op[0] == ">":
+                return cls(text, lo=bound, lo_closed=op == ">=")
+            return cls(text, hi=bound, hi_closed=op == "<=")
+        interval = re.fullmatch(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])", text.strip())
+        if not interval:
+            raise ValueError(f"not a range: {text!r} (write >= 1, > 0, [0, 1], [0, 1) ...)")
+        return cls(text, number(interval[2]), number(interval[3]), interval[1] == "[", interval[4] == "]")
+
+    @property
+    def phrase(self):
+        """What a value must be, after "must be": ">= 1", "in [0, 1)"."""
+        return self.text if self.text[0] in "<>" else f"in {self.text}"
+
+    def __contains__(self, x):
+        above = self.lo <= x if self.lo_closed else self.lo < x
+        below = x <= self.hi if self.hi_closed else x < self.hi
+        return above and below
+
+
+def number(text):
+    """A bound of a Range: a number, inf, or a power such as 2**32."""
+    base, power, exponent = text.partition("**")
+    return int(base) ** int(exponent) if power else float(text)
+
+
+FINITE = Range.parse("(-inf, inf)")  # the range of a float field that declares none: any finite number
+
+
+def ranged(default, valid):
+    """A dataclass field with its default and its valid values (a Range's text), which parse_config enforces:
+    `batch_size: int = ranged(64, ">= 1")  # episodes per iteration`."""
+    return dataclasses.field(default=default, metadata={"range": Range.parse(valid)})
+
+
+def scalar_type(tp):
+    """The type of one value of a field: X for X, X | None and tuple[X, ...]."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return scalar_type(next(a for a in typing.get_args(tp) if a is not type(None)))
+    return scalar_type(typing.get_args(tp)[0]) if typing.get_origin(tp) is tuple else tp
+
+
+def field_range(field, tp):
+    """The Range a field's values must lie in: its own, FINITE for a float that declares none, else None."""
+    return field.metadata.get("range") or (FINITE if scalar_type(tp) is float else None)
+
+
+def check_ranges(cfg, given=None):
+    """Refuse the first field of the dataclass instance cfg whose value (each value, for a tuple) lies outside
+    its range, in one line naming the flag, the value (as given: {name: text}) and the range."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        valid, value = field_range(f, hints[f.name]), getattr(cfg, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        bad = [v for v in values if v is not None and v not in valid] if valid else []
+        if bad:
+            shown = (given or {}).get(f.name, ",".join(map(str, values)))
+            finite = "a finite number" if isinstance(bad[0], float) and not math.isfinite(bad[0]) else ""
+            what = " ".join(w for w in (finite, "" if valid is FINITE else valid.phrase) if w)
+            raise ConfigError(f"--{f.name}={shown} must {'each ' if isinstance(value, tuple) else ''}be {what}")
+
+
 def field_comments(cls):
     """The trailing `# comment` of each field in the dataclass source: the --help text."""
     comments = {}
@@ -78,11 +156,15 @@ def parse_value(text, tp, name):
             return text.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"--{name} takes true or false, got {text!r}")
     if origin is tuple:
-        return tuple(parse_value(t, typing.get_args(tp)[0], name) for t in text.split(",") if t)
+        values = tuple(parse_value(t, typing.get_args(tp)[0], name) for t in text.split(",") if t)
+        if Ellipsis not in typing.get_args(tp) and len(values) != len(typing.get_args(tp)):
+            raise ConfigError(f"--{name} takes {len(typing.get_args(tp))} comma-separated values, got {text!r}")
+        return values
     try:
         return tp(text)
     except ValueError:
-        raise ConfigError(f"--{name} takes a {tp.__name__}, got {text!r}") from None
+        article = "an" if tp.__name__[0] in "aeiou" else "a"
+        raise ConfigError(f"--{name} takes {article} {tp.__name__}, got {text!r}") from None
 
 
 def parse_config(cls, argv=None, modes=None):
@@ -90,21 +172,23 @@ def parse_config(cls, argv=None, modes=None):
     An instance of the @dataclass cls with `--key=value` overrides from argv (default sys.argv[1:]); a bare
     `--flag` sets a bool field. modes: {mode: {field: default}} for a config with a `mode` field whose
     defaults differ per mode (sft.py: pretrain | sft); --mode picks the set, other flags override it.
-    `--help` lists every field with its default (and its value in the other modes) and its comment.
+    `--help` lists every field with its default (and its value in the other modes), its range and its comment.
+    A value outside its field's range (ranged(); any float: finite) is refused (check_ranges).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     if any(a in ("-h", "--help") for a in argv):
         comments, base = field_comments(cls), cls()
-        print(f"{(cls.__doc__ or cls.__name__).strip()}\n\noptions (--key=value):")
+        ranges = {f.name: f.metadata["range"].text for f in dataclasses.fields(cls) if "range" in f.metadata}
+        print(f"{(cls.__doc__ or cls.__name__).strip()}\n\noptions (--key=value, then the valid values):")
         for name in names:
             other = [f"{m}: {d[name]!r}" for m, d in (modes or {}).items() if d.get(name, getattr(base, name))
                      != getattr(base, name)]
-            print(f"  {f'--{name}={getattr(base, name)!r}':<30} {comments.get(name, '')}"
+            print(f"  {f'--{name}={getattr(base, name)!r}':<30} {ranges.get(name, ''):<10} {comments.get(name, '')}"
                   + (f" [{'; '.join(other)}]" if other else ""))
         raise SystemExit(0)
-    overrides = {}
+    overrides, given = {}, {}
     for arg in argv:
         key, eq, value = arg[2:].partition("=")
         if not arg.startswith("--") or not key:
@@ -113,14 +197,16 @@ def parse_config(cls, argv=None, modes=None):
             raise ConfigError(f"unknown option --{key} (see --help)")
         if not eq and hints[key] is not bool:
             raise ConfigError(f"--{key} needs a value: --{key}=...")
-        overrides[key] = parse_value(value if eq else "true", hints[key], key)
+        overrides[key], given[key] = parse_value(value if eq else "true", hints[key], key), value
     defaults = {}
     if modes:
         mode = overrides.get("mode", cls().mode)
         if mode not in modes:
             raise ConfigError(f"--mode must be one of {', '.join(modes)}, got {mode!r}")
         defaults = modes[mode]
-    return cls(**{**defaults, **overrides})
+    cfg = cls(**{**defaults, **overrides})
+    check_ranges(cfg, given)
+    return cfg
 
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, FloatingPointError, FileNotFoundError)

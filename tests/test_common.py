@@ -72,6 +72,72 @@ def test_per_mode_defaults_and_help(capsys):
     assert "=-1" not in capsys.readouterr().out
 
 
+@dataclass
+class RangedConfig:
+    """A stage with ranges."""
+    steps: int = C.ranged(10, ">= 1")  # optimizer steps
+    lr: float = C.ranged(1e-3, "> 0")  # peak learning rate
+    dropout: float = C.ranged(0.0, "[0, 1)")  # dropout
+    ratio: float = C.ranged(1.0, "(0, 1]")  # a fraction
+    clip: float = C.ranged(1.0, "[0, inf]")  # inf: no clip
+    seed: int = C.ranged(0, "[0, 2**32)")  # a 32-bit seed
+    penalty: float | None = -1.0  # any finite number, or none
+    betas: tuple[float, float] = C.ranged((0.9, 0.95), "[0, 1)")  # AdamW betas
+    name: str = "x"  # not a number
+
+
+@pytest.mark.parametrize("flag, accepted", [
+    ("--steps=1", True), ("--steps=0", False), ("--lr=1e-9", True), ("--lr=0", False), ("--dropout=0", True),
+    ("--dropout=1", False), ("--dropout=-0.01", False), ("--ratio=1", True), ("--ratio=0", False),
+    ("--clip=inf", True), ("--clip=-inf", False), ("--clip=nan", False), ("--lr=inf", False), ("--lr=nan", False),
+    ("--seed=4294967295", True), ("--seed=4294967296", False), ("--seed=-1", False), ("--penalty=-5", True),
+    ("--penalty=none", True), ("--penalty=nan", False), ("--penalty=-inf", False), ("--betas=0,0.999", True),
+    ("--betas=0.9,1", False), ("--betas=-0.1,0.9", False),
+])
+def test_parse_config_keeps_each_field_in_its_range(flag, accepted):
+    """A value on the closed side of a bound passes, one past it (or on an open side) is refused, and so are NaN
+    and inf in any float field whose range does not close at inf; a tuple's every value is checked."""
+    if accepted:
+        C.parse_config(RangedConfig, [flag])
+        return
+    with pytest.raises(C.ConfigError) as refused:
+        C.parse_config(RangedConfig, [flag])
+    assert str(refused.value).startswith(f"{flag} must ") and "\n" not in str(refused.value)
+
+
+def test_range_errors_name_flag_value_and_range():
+    """The refusal is one line with the flag, the value as typed and the range; non-finite values say so."""
+    cases = {"--steps=0": "--steps=0 must be >= 1", "--dropout=1.0": "--dropout=1.0 must be in [0, 1)",
+             "--lr=nan": "--lr=nan must be a finite number > 0",
+             "--penalty=inf": "--penalty=inf must be a finite number",
+             "--betas=0.9,1": "--betas=0.9,1 must each be in [0, 1)"}
+    for flag, says in cases.items():
+        with pytest.raises(C.ConfigError) as refused:
+            C.parse_config(RangedConfig, [flag])
+        assert str(refused.value) == says
+    with pytest.raises(C.ConfigError, match=r"--betas takes 2 comma-separated values, got '0.9'"):
+        C.parse_config(RangedConfig, ["--betas=0.9"])
+    with pytest.raises(C.ConfigError, match="^--lr=-1.0 must be > 0$"):  # a config made in code, shown as it is
+        C.check_ranges(RangedConfig(lr=-1.0))
+
+
+def test_help_shows_each_range(capsys):
+    """--help lists a ranged field's valid values beside its default, and none for a field without a range."""
+    with pytest.raises(SystemExit):
+        C.parse_config(RangedConfig, ["--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")}
+    assert lines["--dropout=0.0"].split()[1:4] == ["[0,", "1)", "dropout"]
+    assert lines["--steps=10"].split()[1:3] == [">=", "1"]
+    assert lines["--name='x'"].split()[1:] == ["not", "a", "number"]
+
+
+def test_a_range_that_does_not_parse_is_refused_where_it_is_written():
+    """A typo in a range fails when the dataclass is defined, not silently at parse time."""
+    for text in ("=> 1", "[0, 1", "0..1", "> one"):
+        with pytest.raises(ValueError):
+            C.ranged(1, text)
+
+
 def test_cosine_schedule_values():
     """Warmup rises linearly; cosine decays from the peak to 10% of it, half-way at the middle."""
     assert C.cosine_lr(0, 100, 1.0, warmup_steps=10) == pytest.approx(0.1)
