@@ -51,6 +51,7 @@ import reward
 import sft
 from common import (
     ConfigError,
+    check_ranges,
     configure_optimizer,
     cpu_has_bf16,
     flops_per_token,
@@ -58,6 +59,7 @@ from common import (
     load_lm,
     optimizer_step,
     parse_config,
+    ranged,
     run,
     setup_runtime,
 )
@@ -89,39 +91,39 @@ class BenchConfig:
     work_dir: str = ""  # the synthetic world and checkpoints go here; "" = a temporary folder
     peers: bool = True  # compare with transformers / TRL where installed
     # the model (sft.py's defaults; the vocabulary is the synthetic world's)
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads
-    n_embd: int = 128  # width
-    block_size: int = 256  # context length
-    vocab_size: int = 0  # 0 = the synthetic world's compact vocabulary (its prompts fit any larger one)
-    batch_size: int = 32  # training sequences per step
+    n_layer: int = ranged(4, ">= 1")  # transformer blocks
+    n_head: int = ranged(4, ">= 1")  # attention heads
+    n_embd: int = ranged(128, ">= 1")  # width
+    block_size: int = ranged(256, ">= 1")  # context length
+    vocab_size: int = ranged(0, ">= 0")  # 0 = the synthetic world's compact vocabulary (its prompts fit any larger one)
+    batch_size: int = ranged(32, ">= 1")  # training sequences per step
     # measurement
     dtype: str = "auto"  # auto (the pipeline's: bf16 on a CPU with native bf16, else fp32) | float32 | bfloat16
-    threads: int = 0  # torch threads; 0 = torch's default (one per core)
-    warmup: int = 2  # untimed steps before each timing
-    steps: int = 5  # timed steps (training) per repeat
-    repeats: int = 3  # the sides take turns this many times; each keeps its best
-    matmul_size: int = 0  # n of the n x n matmul; 0 = 2048 on a CPU, 8192 on a GPU (large enough for its peak)
+    threads: int = ranged(0, ">= 0")  # torch threads; 0 = torch's default (one per core)
+    warmup: int = ranged(2, ">= 0")  # untimed steps before each timing
+    steps: int = ranged(5, ">= 1")  # timed steps (training) per repeat
+    repeats: int = ranged(3, ">= 1")  # the sides take turns this many times; each keeps its best
+    matmul_size: int = ranged(0, ">= 0")  # the matmul is n x n; 0 = 2048 on a CPU, 8192 on a GPU (enough for its peak)
     extras: bool = True  # train: also fp32, 1 thread and torch.compile
     # sampling
-    sample_prompts: int = 64  # prompts per generate call (synthetic-world prompts)
-    sample_new_tokens: int = 64  # new tokens per prompt, vs transformers
-    no_cache_lengths: tuple[int, ...] = (2, 8, 32, 128)  # new tokens per prompt, cache vs no cache
+    sample_prompts: int = ranged(64, ">= 1")  # prompts per generate call (synthetic-world prompts)
+    sample_new_tokens: int = ranged(64, ">= 1")  # new tokens per prompt, vs transformers
+    no_cache_lengths: tuple[int, ...] = ranged((2, 8, 32, 128), ">= 1")  # new tokens per prompt, cache vs no cache
     # PPO (ppo.py's defaults)
-    ppo_iterations: int = 3  # timed iterations, after one warm-up iteration
-    ppo_batch_size: int = 64  # episodes per iteration
-    ppo_minibatch_size: int = 16  # episodes per optimizer step
-    ppo_epochs: int = 2  # passes over each batch
-    ppo_new_tokens: int = 48  # response length limit
+    ppo_iterations: int = ranged(3, ">= 1")  # timed iterations, after one warm-up iteration
+    ppo_batch_size: int = ranged(64, ">= 1")  # episodes per iteration
+    ppo_minibatch_size: int = ranged(16, ">= 1")  # episodes per optimizer step
+    ppo_epochs: int = ranged(2, ">= 1")  # passes over each batch
+    ppo_new_tokens: int = ranged(48, ">= 1")  # response length limit
     # stages
-    world_scale: float = 0.2  # size of the synthetic world (prepare.py --scale)
+    world_scale: float = ranged(0.2, "> 0")  # size of the synthetic world (prepare.py --scale)
     # gpt2
-    gpt2_batch_size: int = 16  # sequences of 1,024 tokens per step
-    gpt2_vocab_size: int = 50304  # GPT-2's 50,257 padded to a multiple of 64, as nanoGPT (faster matmuls)
-    gpt2_steps: int = 10  # timed steps per repeat
+    gpt2_batch_size: int = ranged(16, ">= 1")  # sequences of 1,024 tokens per step
+    gpt2_vocab_size: int = ranged(50304, ">= 1")  # GPT-2's 50,257 padded to a multiple of 64 (nanoGPT: faster matmuls)
+    gpt2_steps: int = ranged(10, ">= 1")  # timed steps per repeat
     gpt2_compile: bool = True  # also torch.compile both sides (the first step compiles: timed apart)
-    stage_steps: int = 30  # optimizer steps of each stage run (PPO: ppo_iterations + 1 iterations)
-    seed: int = 1337
+    stage_steps: int = ranged(30, ">= 3")  # optimizer steps of each stage run (PPO: ppo_iterations + 1 iterations)
+    seed: int = ranged(1337, "[0, 2**32)")  # models, batches, samples
 
 
 # -----------------------------------------------------------------------------
@@ -695,13 +697,27 @@ def print_table(results):
                                                              for k, v in s.items()))
 
 
-def main(argv=None):
-    cfg = argv if isinstance(argv, BenchConfig) else parse_config(BenchConfig, argv)
+def check_config(cfg):
+    """Each field in its range (a config made in code skips parse_config), the sections and the device, and
+    the settings that contradict each other, refused before anything runs."""
+    check_ranges(cfg)
     unknown = set(cfg.sections) - set(SECTIONS)
     if unknown:
         raise ConfigError(f"unknown --sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device takes auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
+    if cfg.ppo_batch_size % cfg.ppo_minibatch_size:
+        raise ConfigError(f"--ppo_batch_size={cfg.ppo_batch_size} must be a multiple of "
+                          f"--ppo_minibatch_size={cfg.ppo_minibatch_size}")
+    if not cfg.no_cache_lengths:
+        raise ConfigError("--no_cache_lengths needs at least one length")
+
+
+def main(argv=None):
+    cfg = argv if isinstance(argv, BenchConfig) else parse_config(BenchConfig, argv)
+    check_config(cfg)
     rt = setup_runtime("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                        "cpu" if cfg.device == "auto" else cfg.device, cfg.dtype, cfg.seed)
     sections = cfg.sections or tuple(s for s in SECTIONS if s != "gpt2" or rt.device_type == "cuda")
@@ -716,6 +732,10 @@ def main(argv=None):
         world, tok, prompts = prepare_world(cfg, work)  # its compact vocabulary sets the model's
         if 0 < cfg.vocab_size < tok.vocab_size:
             raise ConfigError(f"--vocab_size={cfg.vocab_size} is below the world's vocabulary ({tok.vocab_size})")
+        longest = max(map(len, prompts[:cfg.sample_prompts]))  # the sample section's prompts
+        if "sample" in sections and cfg.block_size <= longest:
+            raise ConfigError(f"--block_size={cfg.block_size} leaves no room to answer the sample section's prompts "
+                              f"of up to {longest} tokens")
         model_cfg = GPTConfig(block_size=cfg.block_size, vocab_size=cfg.vocab_size or tok.vocab_size,
                               n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0)
         peak = bench_matmul(cfg, rt) if {"matmul", "train", "gpt2"} & set(sections) else None

@@ -40,11 +40,13 @@ from common import (
     Interrupt,
     MetricsLog,
     check_finite,
+    check_ranges,
     configure_optimizer,
     load_lm,
     load_resume,
     optimizer_step,
     parse_config,
+    ranged,
     run,
     save_resume,
     set_lr,
@@ -82,49 +84,49 @@ class PPOConfig:
     # at 0, near where the normalised RM puts SFT's samples, so the value model (the RM's copy) needs no large
     # offset; the scale brings gold's spread to the RM's unit std, so that beta means the same. The judge scores
     # a response that does not stop itself, so no_eos_penalty does not apply; the log's rm_score is the oracle's.
-    oracle_scale: float = 0.0  # > 0: score with oracle_scale * (gold - 1) instead of the reward model
+    oracle_scale: float = ranged(0.0, ">= 0")  # > 0: score with oracle_scale * (gold - 1) instead of the reward model
     data_dir: str = "data/synthetic"  # prompts_{train,val}.jsonl (rollouts, evaluation); judge.json where there is one
     ptx_data_dir: str = ""  # pretrain_train.jsonl of the ptx term, any plain-text folder; "": data_dir's
     out_dir: str = "out/ppo_ptx"  # ppo.pt (the policy), resume.pt, metrics.jsonl (plain PPO: pass out/ppo)
     # rollouts
-    iterations: int = 60  # PPO iterations; each samples batch_size episodes, then updates
-    batch_size: int = 64  # episodes (prompt + sampled response) per iteration, all ranks (paper: 512)
-    max_new_tokens: int = 48  # response length limit
-    temperature: float = 1.0  # rollout sampling temperature; pure sampling, never top-k (its KL is biased)
+    iterations: int = ranged(60, ">= 1")  # PPO iterations; each samples batch_size episodes, then updates
+    batch_size: int = ranged(64, ">= 1")  # episodes (prompt + sampled response) per iteration, all ranks (paper: 512)
+    max_new_tokens: int = ranged(48, ">= 1")  # response length limit
+    temperature: float = ranged(1.0, "> 0")  # rollout temperature; pure sampling, never top-k (its KL is biased)
     no_eos_penalty: float | None = -1.0  # score of a response cut off without EOS; None: the RM's score
     # rewards. The paper's beta 0.02 is for 1.3B-175B policies and a 6B RM; a tiny RM's errors are easy to
     # find, so a larger beta keeps the policy near the SFT distribution, where the RM was trained, longer.
-    kl_coef: float = 0.05  # beta, the per-token KL penalty against the SFT model (initial value if adaptive)
+    kl_coef: float = ranged(0.05, ">= 0")  # beta: the per-token KL penalty against SFT (initial value if adaptive)
     adaptive_kl: bool = False  # Ziegler et al. 2019's controller steers the KL to kl_target
-    kl_target: float = 6.0  # target KL per response (nats), adaptive_kl only
-    kl_horizon: int = 10000  # episodes over which the controller moves beta, adaptive_kl only
+    kl_target: float = ranged(6.0, "> 0")  # target KL per response (nats), adaptive_kl only
+    kl_horizon: int = ranged(10000, ">= 1")  # episodes over which the controller moves beta, adaptive_kl only
     # PPO
-    gamma: float = 1.0  # discount; 1 in the paper (no discount inside one response)
-    lam: float = 0.95  # GAE lambda
-    ppo_epochs: int = 2  # passes over each rollout batch (paper: 1 with batch 512; more reuse helps on CPU)
-    minibatch_size: int = 16  # episodes per optimizer step, all ranks (paper: 64)
-    clip_eps: float = 0.2  # PPO ratio clip
-    vf_clip_eps: float = 0.2  # value clip around the rollout's values (same units as the RM score)
-    lr: float = 1e-5  # policy learning rate, constant after warmup (paper: constant, 10-iteration warmup)
-    value_lr: float = 5e-5  # value model learning rate (its own network, so its own optimizer)
-    warmup_iters: int = 10  # linear learning-rate warmup, in iterations
-    weight_decay: float = 0.0  # AdamW decay; none, so that nothing but the KL pulls the policy anywhere
-    grad_clip: float = 1.0  # gradient norm clip, policy and value model each
+    gamma: float = ranged(1.0, "[0, 1]")  # discount; 1 in the paper (no discount inside one response)
+    lam: float = ranged(0.95, "[0, 1]")  # GAE lambda
+    ppo_epochs: int = ranged(2, ">= 1")  # passes over each rollout (paper: 1 at batch 512; more reuse helps on CPU)
+    minibatch_size: int = ranged(16, ">= 1")  # episodes per optimizer step, all ranks (paper: 64)
+    clip_eps: float = ranged(0.2, "> 0")  # PPO ratio clip
+    vf_clip_eps: float = ranged(0.2, "> 0")  # value clip around the rollout's values (same units as the RM score)
+    lr: float = ranged(1e-5, ">= 0")  # policy lr, constant after warmup (paper: constant, 10-iteration warmup)
+    value_lr: float = ranged(5e-5, ">= 0")  # value model learning rate (its own network, so its own optimizer)
+    warmup_iters: int = ranged(10, ">= 0")  # linear learning-rate warmup, in iterations
+    weight_decay: float = ranged(0.0, ">= 0")  # AdamW decay; none, so that nothing but the KL pulls the policy anywhere
+    grad_clip: float = ranged(1.0, ">= 0")  # gradient norm clip, policy and value model each
     # PPO-ptx, eq. 2's gamma term; 0 = plain PPO. The paper's 27.8 is for a 175B model's PPO gradient. Here SFT
     # has forgotten most of the pretraining text, so the ptx gradient starts large and a large coefficient swamps
     # the PPO step (watch ptx_grad_ratio in metrics.jsonl; the trials: docs/experiments.md).
-    ptx_coef: float = 0.2  # gamma_ptx: weight of the pretraining LM loss in each policy update
-    ptx_batch_size: int = 8  # pretraining windows per minibatch, all ranks (paper: 8 per episode)
-    ptx_seq_len: int = 128  # tokens per pretraining window; 0: the model's block_size
+    ptx_coef: float = ranged(0.2, ">= 0")  # gamma_ptx: weight of the pretraining LM loss in each policy update
+    ptx_batch_size: int = ranged(8, ">= 1")  # pretraining windows per minibatch, all ranks (paper: 8 per episode)
+    ptx_seq_len: int = ranged(128, ">= 0")  # tokens per pretraining window; 0: the model's block_size
     # evaluation and logging
-    eval_prompts: int = 200  # validation prompts for the final comparison with SFT (0: none)
-    eval_temperature: float = 1.0  # evaluation sampling temperature (0: greedy); 1 is what PPO optimised
-    sample_interval: int = 10  # print a few decoded rollouts every this many iterations
-    ckpt_interval: int = 20  # write ppo.pt and resume.pt every this many iterations
+    eval_prompts: int = ranged(200, ">= 0")  # validation prompts for the final comparison with SFT (0: none)
+    eval_temperature: float = ranged(1.0, ">= 0")  # evaluation temperature (0: greedy); 1 is what PPO optimised
+    sample_interval: int = ranged(10, ">= 0")  # print a few decoded rollouts every this many iterations
+    ckpt_interval: int = ranged(20, ">= 0")  # write ppo.pt and resume.pt every this many iterations
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
     dtype: str = "auto"  # auto (bf16 on CUDA or a native-bf16 CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
-    seed: int = 1337  # prompts, samples and ptx windows are functions of (seed, iteration)
+    seed: int = ranged(1337, "[0, 2**32)")  # prompts, samples and ptx windows are functions of (seed, iteration)
 
 
 # -----------------------------------------------------------------------------
@@ -449,16 +451,16 @@ def save_run(cfg, rt, iteration, policy, value_model, tok, optimizers, kl_coef):
                         tokenizer=tok, step=iteration, kl_coef=kl_coef)
 
 
-def check_config(cfg, rt):
-    """Settings that contradict each other or the run, refused before anything loads."""
-    if cfg.temperature <= 0:
-        raise ConfigError("--temperature must be > 0: PPO needs the logprobs of the sampling distribution")
+def check_config(cfg, world_size=1):
+    """Each field in its range (a config made in code skips parse_config) and the settings that contradict
+    each other or the run's world_size processes, refused before anything loads."""
+    check_ranges(cfg)
     if cfg.batch_size % cfg.minibatch_size:
-        raise ConfigError(f"--batch_size={cfg.batch_size} must be a multiple of --minibatch_size")
-    if any(n % rt.world_size for n in (cfg.batch_size, cfg.minibatch_size, cfg.ptx_batch_size)):
-        raise ConfigError(f"batch_size, minibatch_size and ptx_batch_size must divide among {rt.world_size} ranks")
-    if cfg.oracle_scale < 0:
-        raise ConfigError(f"--oracle_scale={cfg.oracle_scale} must be >= 0 (0: the reward model)")
+        raise ConfigError(f"--batch_size={cfg.batch_size} must be a multiple of --minibatch_size={cfg.minibatch_size}")
+    if any(n % world_size for n in (cfg.batch_size, cfg.minibatch_size, cfg.ptx_batch_size)):
+        raise ConfigError(f"batch_size, minibatch_size and ptx_batch_size must divide among {world_size} ranks")
+    if cfg.adaptive_kl and cfg.kl_coef == 0:
+        raise ConfigError("--adaptive_kl scales beta up and down by factors, which leave 0 at 0: set --kl_coef > 0")
 
 
 def load_rollout_data(cfg, tok, block_size, judge, master=True):
@@ -476,6 +478,9 @@ def load_rollout_data(cfg, tok, block_size, judge, master=True):
         split = load_split(cfg.data_dir, "prompts", "train", tok)
     with vocabulary_of(cfg.init_from, ptx_dir):
         ptx_stream = load_split(ptx_dir, "pretrain", "train", tok).stream if cfg.ptx_coef > 0 else None
+    if cfg.max_new_tokens >= block_size:
+        raise ConfigError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the policy's "
+                          f"block_size of {block_size}")
     keep = fitting(split.prompts.lengths, block_size - cfg.max_new_tokens, split.name, master)
     prompt_texts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "train")] if judge else None
     return split, keep, prompt_texts, ptx_stream
@@ -495,12 +500,15 @@ def main(argv=None, reward_fn=None):
         cfg = dataclasses.replace(cfg, init_from=resume["run_config"]["init_from"],
                                   reward_model=resume["run_config"]["reward_model"],
                                   oracle_scale=resume["run_config"].get("oracle_scale", 0.0))
-    check_config(cfg, rt)
+    check_config(cfg, rt.world_size)
     policy, ref_policy, value_model, reward_model, tok = load_models(cfg, rt, resume)
     reward_fn = reward_fn or reward_model_fn(reward_model, rt.autocast)
     judge = load_judge(cfg.data_dir)
     split, keep, prompt_texts, ptx_stream = load_rollout_data(cfg, tok, policy.config.block_size, judge, rt.master)
     ptx_len = min(cfg.ptx_seq_len or policy.config.block_size, policy.config.block_size)
+    if ptx_stream is not None and len(ptx_stream) < ptx_len + 2:  # a window and its next-token target
+        raise ConfigError(f"the ptx text has {len(ptx_stream)} tokens, too few for windows of {ptx_len} + 1: "
+                          f"lower --ptx_seq_len")
     # Two networks, two optimizers: with Adam a value-loss coefficient would only act through a shared clip.
     optimizers = {"policy": configure_optimizer(policy, cfg.lr, cfg.weight_decay, (0.9, 0.95), rt.device_type),
                   "value": configure_optimizer(value_model, cfg.value_lr, cfg.weight_decay, (0.9, 0.95),
@@ -509,6 +517,8 @@ def main(argv=None, reward_fn=None):
     start = 0
     if resume:
         start, kl_ctl.value = load_resume(resume, "ppo", rt, optimizers)["step"], resume["kl_coef"]
+        if start >= cfg.iterations and rt.master:
+            print(f"resume.pt is at iteration {start}, the end of this run ({cfg.iterations}): nothing to train")
     nets, scaler = (policy, rt.wrap(policy), value_model, rt.wrap(value_model)), rt.grad_scaler()
     log = MetricsLog(cfg.out_dir, rt.master, start if resume else None)
 

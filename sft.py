@@ -12,8 +12,9 @@ GPT-2 on a GPU, and on several GPUs:
     python sft.py --init_from=gpt2 --data_dir=data/hh_rlhf --batch_size=16 --lr=1e-5
     torchrun --standalone --nproc_per_node=8 sft.py --init_from=gpt2-medium --data_dir=data/oasst
 
-The final model (out_dir/MODE.pt) is the one chosen on validation: by validation loss, or, as the paper
-does for SFT, by a reward model's mean score on validation prompts with --select_rm=out/reward/reward.pt.
+The final model (out_dir/MODE.pt) is the one chosen on validation among those it trained: by validation loss,
+or, as the paper does for SFT, by a reward model's mean score on validation prompts with
+--select_rm=out/reward/reward.pt.
 """
 
 import math
@@ -31,6 +32,7 @@ from common import (
     ConfigError,
     Interrupt,
     MetricsLog,
+    check_ranges,
     configure_optimizer,
     cosine_lr,
     estimate_mfu,
@@ -38,6 +40,7 @@ from common import (
     load_resume,
     optimizer_step,
     parse_config,
+    ranged,
     run,
     save_resume,
     set_lr,
@@ -66,42 +69,52 @@ class SFTConfig:
     init_from: str = "out/pretrain/pretrain.pt"  # scratch | gpt2[-medium|-large|-xl] | GPT-2 DIR | PATH.pt | resume
     vocab: str = "compact"  # init_from=scratch: compact (the tokens the dataset uses) | gpt2 (all 50,257)
     # the model, for init_from=scratch (the CPU default: 4 layers, 128 wide, ~0.8M non-embedding parameters)
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads
-    n_embd: int = 128  # width
-    block_size: int = 256  # context length
+    n_layer: int = ranged(4, ">= 1")  # transformer blocks
+    n_head: int = ranged(4, ">= 1")  # attention heads
+    n_embd: int = ranged(128, ">= 1")  # width
+    block_size: int = ranged(256, ">= 1")  # context length
     bias: bool = True  # biases in Linear and LayerNorm
-    dropout: float = 0.0  # residual dropout (the paper: 0.2 for 175B; a tiny model needs every unit)
+    dropout: float = ranged(0.0, "[0, 1)")  # residual dropout (the paper: 0.2 for 175B; a tiny model needs every unit)
     # optimisation (the paper: AdamW betas (0.9, 0.95), cosine decay to 10%, no warmup for SFT)
-    epochs: float = 6.0  # passes over the training examples (sft) or tokens (pretrain)
-    batch_size: int = 32  # sequences per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-3  # peak learning rate (a tiny model needs far more than the paper's 9.65e-6)
-    final_lr_ratio: float = 0.1  # cosine decay to this fraction of the peak
-    warmup_steps: int = 0  # linear warmup
-    weight_decay: float = 0.1  # AdamW, on matrices only
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
-    grad_clip: float = 1.0  # clip the gradient norm to this (0: off)
+    epochs: float = ranged(6.0, "> 0")  # passes over the training examples (sft) or tokens (pretrain)
+    batch_size: int = ranged(32, ">= 1")  # sequences per micro-batch per process
+    grad_accum: int = ranged(1, ">= 1")  # micro-batches per optimizer step
+    lr: float = ranged(1e-3, "> 0")  # peak learning rate (a tiny model needs far more than the paper's 9.65e-6)
+    final_lr_ratio: float = ranged(0.1, "[0, 1]")  # cosine decay to this fraction of the peak
+    warmup_steps: int = ranged(0, ">= 0")  # linear warmup
+    weight_decay: float = ranged(0.1, ">= 0")  # AdamW, on matrices only
+    betas: tuple[float, float] = ranged((0.9, 0.95), "[0, 1)")  # AdamW betas
+    grad_clip: float = ranged(1.0, ">= 0")  # clip the gradient norm to this (0: off)
     # evaluation, selection, logging
-    eval_interval: int = 200  # optimizer steps between evaluations (and at the end)
-    eval_batches: int = 20  # validation micro-batches per evaluation
+    eval_interval: int = ranged(200, ">= 1")  # optimizer steps between evaluations (and at the end)
+    eval_batches: int = ranged(20, ">= 1")  # validation micro-batches per evaluation
     select_rm: str = ""  # sft: choose the final model by this reward model's mean score on val prompts
-    select_prompts: int = 128  # val prompts sampled for --select_rm
-    max_new_tokens: int = 64  # response length for samples and --select_rm
-    num_samples: int = 3  # decoded samples printed at each evaluation
-    log_interval: int = 10  # steps between metrics lines
-    ckpt_interval: int = 200  # steps between resume.pt saves (Ctrl-C saves too)
+    select_prompts: int = ranged(128, ">= 1")  # val prompts sampled for --select_rm
+    max_new_tokens: int = ranged(64, ">= 1")  # response length for samples and --select_rm
+    num_samples: int = ranged(3, ">= 0")  # decoded samples printed at each evaluation
+    log_interval: int = ranged(10, ">= 1")  # steps between metrics lines
+    ckpt_interval: int = ranged(200, ">= 1")  # steps between resume.pt saves (Ctrl-C saves too)
     # system
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:1 | mps
     dtype: str = "auto"  # auto (native bf16 on GPU or CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
     compile: bool = False  # torch.compile the model (CUDA)
-    seed: int = 1337  # model init, data order, dropout
+    seed: int = ranged(1337, "[0, 2**32)")  # model init, data order, dropout
 
 
 # The defaults of --mode=pretrain where they differ from SFT's (--help shows both). Batch 8 because the tiny
 # base model is short of optimizer steps, not of tokens (the trial is in docs/experiments.md).
 MODES = {"sft": {}, "pretrain": dict(out_dir="out/pretrain", init_from="scratch", dropout=0.0, epochs=2.0,
                                      lr=2e-3, warmup_steps=100, batch_size=8)}
+
+
+def check_config(cfg):
+    """Each field in its range (a config made in code skips parse_config) and the settings that contradict
+    each other, refused before anything loads."""
+    check_ranges(cfg)
+    if cfg.init_from == "scratch" and cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"--n_embd={cfg.n_embd} must be a multiple of --n_head={cfg.n_head}")
+    if cfg.select_rm and cfg.mode != "sft":
+        raise ConfigError(f"--select_rm chooses an SFT model; --mode={cfg.mode} selects by val loss")
 
 
 # -----------------------------------------------------------------------------
@@ -244,8 +257,9 @@ def print_samples(model, tok, cfg, val, rt):
 
 class Selection:
     """The final model is the best one on validation so far, saved as final_path: by validation loss or, as
-    the paper chooses its SFT model, by a reward model's mean score (--select_rm). best: the criterion's
-    best value so far (higher is better), which resume.pt keeps."""
+    the paper chooses its SFT model, by a reward model's mean score (--select_rm). Only trained models are
+    candidates: the evaluation before step 1 is the baseline in the log, and no MODE.pt exists before a step.
+    best: the criterion's best value so far (higher is better), which resume.pt keeps."""
 
     def __init__(self, cfg, rt, tok, final_path, best=None):
         self.cfg, self.rt, self.tok, self.final_path, self.best = cfg, rt, tok, final_path, best
@@ -265,7 +279,7 @@ class Selection:
             if self.rm is not None:
                 record["val_rm_score"] = rt.mean(rm_selection_score(model, tok, self.rm, self.prompts, cfg, rt))
             criterion = record["val_rm_score"] if self.rm is not None else -record["val_loss"]
-            improved = self.best is None or criterion > self.best
+            improved = step > 0 and (self.best is None or criterion > self.best)  # the start: logged only
             self.best = criterion if improved else self.best
             if rt.master:
                 if improved:
@@ -282,6 +296,7 @@ class Selection:
 
 def main(argv=None):
     cfg = argv if isinstance(argv, SFTConfig) else parse_config(SFTConfig, argv, MODES)
+    check_config(cfg)
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
     resume_path = os.path.join(cfg.out_dir, "resume.pt")
@@ -306,6 +321,8 @@ def main(argv=None):
     if resume:
         state = load_resume(resume_path, cfg.mode, rt, {"model": optimizer})
         step, best = state["step"], state["best"]
+        if step >= total_steps and rt.master:
+            print(f"{resume_path} is at step {step}, the end of this run ({total_steps} steps): nothing to train")
     selection = Selection(cfg, rt, tok, final_path, best)
     train_model = rt.wrap(torch.compile(model) if cfg.compile else model)
     scaler, log = rt.grad_scaler(), MetricsLog(cfg.out_dir, rt.master, step if resume else None)

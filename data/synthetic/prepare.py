@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tiktoken  # noqa: E402
 
-from common import ConfigError, load_lm, parse_config, run  # noqa: E402
+from common import ConfigError, check_ranges, load_lm, parse_config, ranged, run  # noqa: E402
 from data.formats import write_jsonl  # noqa: E402
 from data.loader import encode_prompt, encode_response, generate_responses  # noqa: E402
 from data.synthetic import corpus, labelers, responses, tasks  # noqa: E402
@@ -48,20 +48,20 @@ PROMPT_SPLITS = [("test", 500), ("ppo_val", 500), ("sft_val", 300), ("rm_val", 7
 class PrepareConfig:
     """Write the synthetic world's data files (and judge.json, which lets the stages find its labelers)."""
     out_dir: str = "data/synthetic"  # output folder
-    seed: int = 1337  # everything is a function of this seed
-    test: int = 500  # held-out evaluation prompts (never trained or tuned on)
-    ppo_val: int = 500  # PPO validation prompts (tuning, and ppo.py's final comparison)
-    sft_val: int = 300  # SFT validation demonstrations
-    rm_val: int = 700  # reward-model validation rankings
-    sft_train: int = 8000  # demonstrations
-    rm_train: int = 4400  # rankings
-    ppo_train: int = 6200  # PPO prompts
-    pretrain_tokens: int = 1_500_000  # GPT-2 tokens of pretrain_train
-    pretrain_val_tokens: int = 75_000  # GPT-2 tokens of pretrain_val
-    scale: float = 1.0  # multiply every size above by this
+    seed: int = ranged(1337, "[0, 2**32)")  # everything is a function of this seed
+    test: int = ranged(500, ">= 1")  # held-out evaluation prompts (never trained or tuned on)
+    ppo_val: int = ranged(500, ">= 1")  # PPO validation prompts (tuning, and ppo.py's final comparison)
+    sft_val: int = ranged(300, ">= 1")  # SFT validation demonstrations
+    rm_val: int = ranged(700, ">= 1")  # reward-model validation rankings
+    sft_train: int = ranged(8000, ">= 1")  # demonstrations
+    rm_train: int = ranged(4400, ">= 1")  # rankings
+    ppo_train: int = ranged(6200, ">= 1")  # PPO prompts
+    pretrain_tokens: int = ranged(1_500_000, ">= 1")  # GPT-2 tokens of pretrain_train
+    pretrain_val_tokens: int = ranged(75_000, ">= 1")  # GPT-2 tokens of pretrain_val
+    scale: float = ranged(1.0, "> 0")  # multiply every size above by this
     from_policy: str = ""  # rewrite only comparisons_*: these checkpoints' samples join the ranked candidates (a,b)
-    policy_samples: int = 2  # samples per RM prompt and checkpoint with --from_policy
-    policy_max_tokens: int = 48  # max new tokens per policy sample
+    policy_samples: int = ranged(2, ">= 1")  # samples per RM prompt and checkpoint with --from_policy
+    policy_max_tokens: int = ranged(48, ">= 1")  # max new tokens per policy sample
     device: str = "cpu"  # device for --from_policy sampling
     quiet: bool = False  # print nothing
 
@@ -252,6 +252,7 @@ def print_agreement(files, seed):
 
 def main(argv=None):
     args = argv if isinstance(argv, PrepareConfig) else parse_config(PrepareConfig, argv)
+    check_ranges(args)  # a config made in code skips parse_config
     t0 = time.time()
     files = from_policy(args) if args.from_policy else build(args)
     out = Path(args.out_dir)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import ConfigError, load_lm, parse_config, run, setup_runtime  # noqa: E402
+from common import ConfigError, check_ranges, load_lm, parse_config, ranged, run, setup_runtime  # noqa: E402
 from data import load_judge  # noqa: E402
 from data.formats import atomic_write, read_jsonl, read_split, write_jsonl  # noqa: E402
 from data.loader import encode_prompt, fitting, generate_responses  # noqa: E402
@@ -58,21 +58,21 @@ class SweepConfig:
     data_dir: str = "data/synthetic"  # prompts_train (PPO), prompts_val (best-of-n), the judge (gold)
     out_dir: str = "out/sweep"  # ppo_beta{B}/, bon_samples.jsonl, overoptimisation.csv and .png
     # PPO
-    betas: tuple[float, ...] = (0.0, 0.01, 0.03, 0.05, 0.1)  # KL coefficients, one PPO run each (0.05: ppo.py's)
-    iterations: int = 100  # PPO iterations per run
-    ptx_coef: float = 0.0  # 0: the pure RM-vs-KL picture (no pretraining term pulling the policy back)
+    betas: tuple[float, ...] = ranged((0.0, 0.01, 0.03, 0.05, 0.1), ">= 0")  # beta of each PPO run (ppo.py's: 0.05)
+    iterations: int = ranged(100, ">= 1")  # PPO iterations per run
+    ptx_coef: float = ranged(0.0, ">= 0")  # 0: the pure RM-vs-KL picture (no pretraining term pulling the policy back)
     ppo_args: tuple[str, ...] = ()  # further ppo.py flags for every run, key=value,... (e.g. batch_size=32)
     rerun: bool = False  # run every PPO again even where a finished run with the same flags exists
     # best-of-n
-    bon_prompts: int = 100  # validation prompts
-    bon_samples: int = 64  # T = 1 samples per prompt; n runs over the powers of 2 up to it
+    bon_prompts: int = ranged(100, ">= 1")  # validation prompts
+    bon_samples: int = ranged(64, ">= 1")  # T = 1 samples per prompt; n runs over the powers of 2 up to it
     # shared by both
-    max_new_tokens: int = 48  # response length limit (ppo.py's default)
+    max_new_tokens: int = ranged(48, ">= 1")  # response length limit (ppo.py's default)
     no_eos_penalty: float | None = -1.0  # the proxy of a response cut off without EOS (ppo.py's default)
-    smooth: int = 9  # centred moving average over this many PPO iterations in the plot and the table
+    smooth: int = ranged(9, ">= 1")  # centred moving average over this many PPO iterations in the plot and the table
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
     dtype: str = "auto"  # auto | float32 | bfloat16, as the stages
-    seed: int = 1337  # every PPO run's seed and the best-of-n samples'
+    seed: int = ranged(1337, "[0, 2**32)")  # every PPO run's seed and the best-of-n samples'
 
 
 # -----------------------------------------------------------------------------
@@ -208,6 +208,9 @@ def sample_best_of_n(cfg, judge):
     rm = load_lm(cfg.reward_model, rt.device, stages=("reward",), dropout=0.0)[0].eval()
     sft.eval()
     prompts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "val")[:cfg.bon_prompts]]
+    if cfg.max_new_tokens >= sft.config.block_size:
+        raise ConfigError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in {cfg.sft}'s "
+                          f"block_size of {sft.config.block_size}")
     keep = fitting([len(encode_prompt(tok, p)) for p in prompts], sft.config.block_size - cfg.max_new_tokens,
                    "best-of-n prompts")
     prompts, N = [prompts[i] for i in keep], cfg.bon_samples
@@ -287,10 +290,18 @@ def summary(rows, smooth):
     return "\n".join(lines)
 
 
+def check_config(cfg):
+    """Each field in its range (a config made in code skips parse_config) and the settings that contradict
+    each other, refused before anything loads."""
+    check_ranges(cfg)
+    names = [f"{b:g}" for b in cfg.betas]  # each run's folder is ppo_beta{name}
+    if len(set(names)) < len(names):
+        raise ConfigError(f"--betas={','.join(names)} names a run twice: give each beta once")
+
+
 def main(argv=None):
     cfg = argv if isinstance(argv, SweepConfig) else parse_config(SweepConfig, argv)
-    if cfg.bon_samples < 1 or cfg.bon_prompts < 1:
-        raise ConfigError("--bon_samples and --bon_prompts must be >= 1")
+    check_config(cfg)
     judge = load_judge(cfg.data_dir)
     if judge is None:
         raise ConfigError(f"{cfg.data_dir} has no judge (judge.json): over-optimisation is measured against the "
