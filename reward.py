@@ -40,12 +40,14 @@ from common import (
     Interrupt,
     MetricsLog,
     check_finite,
+    check_ranges,
     configure_optimizer,
     cosine_lr,
     load_lm,
     load_resume,
     optimizer_step,
     parse_config,
+    ranged,
     run,
     save_resume,
     set_lr,
@@ -65,29 +67,29 @@ class RewardConfig:
     data_dir: str = "data/synthetic"  # comparisons_{train,val}.jsonl; sft_train.jsonl for the bias
     train_split: str = "train"  # comparisons_SPLIT.jsonl it trains on: train | judge (real data's held-out judge)
     out_dir: str = "out/reward"  # reward.pt, resume.pt and metrics.jsonl go here
-    epochs: float = 1.0  # passes over the training prompts (the paper: 1; more epochs overfit)
-    max_steps: int = 0  # if > 0, train this many steps instead (the lr schedule spans them)
-    batch_size: int = 32  # prompts per step, all ranks, each with all K responses (the paper: 64)
-    micro_batch_size: int = 0  # prompts per forward/backward pass and rank; 0 = all of them. Same gradient
-    lr: float = 1e-3  # peak lr (the paper: 9e-6 for a 6B RM; the tiny model needs far more)
-    final_lr_ratio: float = 0.1  # cosine decay to this fraction of the peak (the paper: 10%)
-    warmup_steps: int = 0  # linear warmup steps (the paper: none)
-    weight_decay: float = 0.1  # AdamW weight decay on matrices
-    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (the paper: 0.9, 0.95)
-    grad_clip: float = 1.0  # clip the gradient norm to this (0: no clipping)
-    dropout: float = 0.0  # dropout while training the RM
-    eval_interval: int = 50  # steps between validation passes (there is always one at the end)
-    eval_prompts: int = 500  # validation prompts per intermediate pass (the final pass uses all)
-    eval_batch_size: int = 64  # prompts per forward pass when evaluating and scoring demonstrations
-    log_interval: int = 10  # steps between metrics.jsonl lines
-    ckpt_interval: int = 200  # steps between resume.pt saves (Ctrl-C saves too)
-    norm_demos: int = 0  # demonstrations scored for the bias; 0 = all of sft_train.jsonl
+    epochs: float = ranged(1.0, "> 0")  # passes over the training prompts (the paper: 1; more epochs overfit)
+    max_steps: int = ranged(0, ">= 0")  # if > 0, train this many steps instead (the lr schedule spans them)
+    batch_size: int = ranged(32, ">= 1")  # prompts per step, all ranks, each with all K responses (the paper: 64)
+    micro_batch_size: int = ranged(0, ">= 0")  # prompts per forward/backward pass and rank (0: all); the same gradient
+    lr: float = ranged(1e-3, "> 0")  # peak lr (the paper: 9e-6 for a 6B RM; the tiny model needs far more)
+    final_lr_ratio: float = ranged(0.1, "[0, 1]")  # cosine decay to this fraction of the peak (the paper: 10%)
+    warmup_steps: int = ranged(0, ">= 0")  # linear warmup steps (the paper: none)
+    weight_decay: float = ranged(0.1, ">= 0")  # AdamW weight decay on matrices
+    betas: tuple[float, float] = ranged((0.9, 0.95), "[0, 1)")  # AdamW betas (the paper: 0.9, 0.95)
+    grad_clip: float = ranged(1.0, ">= 0")  # clip the gradient norm to this (0: no clipping)
+    dropout: float = ranged(0.0, "[0, 1)")  # dropout while training the RM
+    eval_interval: int = ranged(50, ">= 0")  # steps between validation passes (there is always one at the end)
+    eval_prompts: int = ranged(500, ">= 0")  # validation prompts per intermediate pass (the final pass uses all)
+    eval_batch_size: int = ranged(64, ">= 1")  # prompts per forward pass when evaluating and scoring demonstrations
+    log_interval: int = ranged(10, ">= 1")  # steps between metrics.jsonl lines
+    ckpt_interval: int = ranged(200, ">= 0")  # steps between resume.pt saves (Ctrl-C saves too)
+    norm_demos: int = ranged(0, ">= 0")  # demonstrations scored for the bias; 0 = all of sft_train.jsonl
     norm_policy: str = ""  # the policy whose samples set the reward scale (std 1); "" = init_from | none
-    norm_samples: int = 512  # its samples (T=1, on training comparison prompts) for the scale
-    norm_max_tokens: int = 48  # their length limit (PPO's max_new_tokens)
+    norm_samples: int = ranged(512, ">= 0")  # its samples (T=1, on training comparison prompts) for the scale
+    norm_max_tokens: int = ranged(48, ">= 1")  # their length limit (PPO's max_new_tokens)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
     dtype: str = "auto"  # auto (native bf16 on GPU or CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
-    seed: int = 1337  # data order (and dropout)
+    seed: int = ranged(1337, "[0, 2**32)")  # data order (and dropout)
 
 
 # -----------------------------------------------------------------------------
@@ -359,6 +361,7 @@ def normalise(model, policy, tok, cfg, rt):
 
 def main(argv=None):
     cfg = argv if isinstance(argv, RewardConfig) else parse_config(RewardConfig, argv)
+    check_ranges(cfg)  # a config made in code skips parse_config
     rt = setup_runtime(cfg.device, cfg.dtype, cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
     resume_path = os.path.join(cfg.out_dir, "resume.pt")
