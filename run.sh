@@ -96,9 +96,10 @@ stage ppo_ptx python ppo.py --seed=$SEED --data_dir=$DATA --init_from=$OUT/sft/s
 stage ppo python ppo.py --seed=$SEED --data_dir=$DATA --init_from=$OUT/sft/sft.pt \
     --reward_model=$OUT/reward/reward.pt --ptx_coef=0 --out_dir=$OUT/ppo $PPO_FLAGS
 
-# 8. Held-out labelers judge every model on held-out test prompts: $OUT/results.{md,json}, $OUT/responses/,
-#    $OUT/plots/ (PPO per iteration, RM accuracy per family, win rates: CSV, and PNG with matplotlib).
+# 8. Evaluation (evaluate.py hands it to the data's judge): the world's held-out labelers judge every model on
+#    held-out test prompts: $OUT/results.{md,json}, $OUT/responses/, $OUT/plots/ (PPO per iteration, RM accuracy
+#    per family, win rates: CSV, and PNG with matplotlib).
 MODELS=base=$OUT/pretrain/pretrain.pt,base_fewshot=$OUT/pretrain/pretrain.pt@fewshot,sft=$OUT/sft/sft.pt
 MODELS=$MODELS,ppo_ptx=$OUT/ppo_ptx/ppo.pt,ppo=$OUT/ppo/ppo.pt
-python data/synthetic/evaluate.py --seed=$SEED --data_dir=$DATA --out_dir=$OUT --models=$MODELS \
+python evaluate.py --seed=$SEED --data_dir=$DATA --out_dir=$OUT --models=$MODELS \
     --reward_model=$OUT/reward/reward.pt $EVAL_FLAGS

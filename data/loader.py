@@ -153,7 +153,10 @@ def fitting(lengths, limit, what, master=True):
     if len(keep) < len(lengths) and master:
         print(f"{what}: skipping {len(lengths) - len(keep)} of {len(lengths)} longer than {limit} tokens")
     if len(keep) == 0:
-        raise DataError(f"{what}: nothing fits in {limit} tokens")
+        shortest = f" (the shortest has {int(np.min(lengths))})" if len(lengths) else ""
+        raise DataError(f"{what}: nothing fits in {limit} tokens{shortest}: shorten the examples (the converter's "
+                        f"--max_chars), or leave them room (a model with a longer block_size; where the stage "
+                        f"generates, a lower --max_new_tokens)")
     return keep
 
 

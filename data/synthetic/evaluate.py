@@ -5,6 +5,9 @@ Judge the pipeline's models on the synthetic world, the way the paper's labelers
     python data/synthetic/evaluate.py --models=sft=out/sft/sft.pt,ppo=out/ppo/ppo.pt --out_dir=out/eval_x
     python data/synthetic/evaluate.py --split=val          # for tuning: validation prompts, training labelers
 
+run.sh runs it as the pipeline's step 4, `python evaluate.py`, which hands data with a judge to the judge's own
+evaluation (judge.py: Judge.evaluate, config_from_stage below).
+
 For each model, on the held-out test prompts (never used for training or selection):
     score      the held-out labelers' mean score of its responses (0..1)
     win        how often the held-out labelers prefer it to the baseline (SFT), ties half, with a 95% CI;
@@ -44,6 +47,8 @@ and the judges are the training labelers: the numbers to tune on. results.json:
     seed, num_prompts
 """
 
+import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -57,8 +62,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np
 import torch
 
-from common import ConfigError, load_lm, parse_config, run
-from data.formats import atomic_write, read_jsonl, read_split, render_prompt, render_response, write_jsonl
+from common import ConfigError, is_pretrained_source, load_lm, parse_config, run
+from data.formats import (
+    DataError,
+    atomic_write,
+    read_jsonl,
+    read_split,
+    render_prompt,
+    render_response,
+    write_jsonl,
+)
 from data.loader import encode_prompt, encode_response, generate_responses, load_split
 from data.synthetic import HELDOUT_LABELERS, TRAIN_LABELERS, criteria, gold_score, judge_mean, score, tasks, win_rate
 from data.synthetic.labelers import TIE_EPS
@@ -125,8 +138,8 @@ def resolve_models(models):
         path = spec.partition("@")[0]
         if not models and not os.path.exists(path):
             continue
-        ckpt = load_checkpoint(path, MODEL_STAGES)
-        if ckpt["stage"] == "ppo":
+        ckpt = None if is_pretrained_source(path) else load_checkpoint(path, MODEL_STAGES)  # GPT-2: no run config
+        if ckpt is not None and ckpt["stage"] == "ppo":
             name = ppo_label(name, path, ckpt["run_config"])
             ppo_dirs[name] = str(Path(path).parent)
         specs.append((name, spec))
@@ -174,38 +187,45 @@ def sample(model, tok, prompts, args, temperature, prefix, is_base, seed):
 
 
 @torch.no_grad()
-def logprob_sums(model, prompts, responses, batch_size=32):
+def logprob_sums(model, prompts, responses, batch_size=32, autocast=None):
     """(N,) sum over each response's tokens of log p(token | prompt, earlier tokens), temperature 1.
     prompts and responses are lists of token-id lists; prompts left-padded, responses right-padded."""
+    device = next(model.parameters()).device
     sums = []
     for i in range(0, len(prompts), batch_size):
         idx, prompt_mask = pad_left(prompts[i:i + batch_size])
         resp, lengths = pad_right(responses[i:i + batch_size])
         resp_mask = torch.arange(resp.size(1))[None, :] < lengths[:, None]
-        seqs, mask = torch.cat([idx, resp], 1), torch.cat([prompt_mask, resp_mask], 1)
-        logprobs = response_logprobs(model, seqs, mask, idx.size(1))  # (B, T)
-        sums.append((logprobs * resp_mask).sum(1))
+        seqs, mask = torch.cat([idx, resp], 1).to(device), torch.cat([prompt_mask, resp_mask], 1).to(device)
+        with autocast() if autocast else contextlib.nullcontext():
+            logprobs = response_logprobs(model, seqs, mask, idx.size(1))  # (B, T)
+        sums.append((logprobs * resp_mask.to(device)).sum(1).cpu())
     return torch.cat(sums)
 
 
-def kl_to_reference(model, ref, tok, prompts, prefix, tokens):
+def kl_to_reference(model, ref, tok, prompts, prefix, tokens, batch_size=32, autocast=None):
     """KL(model || ref) in nats per response: the mean over the model's own T=1 samples of
     sum_t log p_model(y_t) - log p_ref(y_t), the model reading its prompt (with its few-shot prefix), the
     reference (SFT) the bare prompt; over every sampled token (a base model's past its cut too). Unbiased:
     the samples come from the model."""
     own = [tok.encode(prefix + render_prompt(p)) for p in prompts]
     bare = [encode_prompt(tok, p) for p in prompts]
-    return (logprob_sums(model, own, tokens) - logprob_sums(ref, bare, tokens)).mean().item()
+    return (logprob_sums(model, own, tokens, batch_size, autocast)
+            - logprob_sums(ref, bare, tokens, batch_size, autocast)).mean().item()
 
 
 @torch.no_grad()
-def pretrain_loss(model, tok, data_dir, block_size, max_windows=64):
+def pretrain_loss(model, tok, data_dir, block_size, max_windows=64, autocast=None):
     """Mean next-token loss on non-overlapping windows of held-out pretraining text."""
     stream = load_split(data_dir, "pretrain", "val", tok).stream
     n = min(max_windows, (len(stream) - 1) // block_size)
+    if n == 0:
+        raise DataError(f"{data_dir}/pretrain_val.jsonl: {len(stream)} tokens, fewer than one window of "
+                        f"{block_size + 1}")
     x = torch.from_numpy(np.stack([np.asarray(stream[i * block_size:(i + 1) * block_size + 1], dtype=np.int64)
-                                   for i in range(n)]))
-    losses = [model(x[i:i + 16, :-1], x[i:i + 16, 1:])[1].item() for i in range(0, n, 16)]
+                                   for i in range(n)])).to(next(model.parameters()).device)
+    with autocast() if autocast else contextlib.nullcontext():
+        losses = [model(x[i:i + 16, :-1], x[i:i + 16, 1:])[1].item() for i in range(0, n, 16)]
     return sum(losses) / len(losses)
 
 
@@ -466,6 +486,26 @@ def evaluate_model(name, spec, prompts, args, rm, ref, ref_tok, labelers):
     print(f"{name}: " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()), flush=True)
     r["per_family"] = per_family(prompts, s["texts"], s["ended"])
     return r, s, s1
+
+
+# The settings of the top-level evaluate.py (step 4 of the pipeline) that this evaluation takes: theirs -> ours
+STAGE_SETTINGS = {"models": "models", "baseline": "baseline", "data_dir": "data_dir", "reward_model": "reward_model",
+                  "split": "split", "prompts": "num_prompts", "max_new_tokens": "max_new_tokens", "seed": "seed",
+                  "out_dir": "out_dir"}
+
+
+def config_from_stage(stage_cfg):
+    """This evaluation's EvalConfig from the config of the top-level evaluate.py, which hands the whole evaluation
+    of this world to its judge (judge.py's Judge.evaluate). A setting this evaluation has no use for (a judge
+    model: the labelers judge; device and dtype: it runs on the CPU in float32, the same numbers on every
+    machine) is refused unless left at its default, so that nothing asked for is silently ignored."""
+    defaults = type(stage_cfg)()
+    unused = [f.name for f in dataclasses.fields(stage_cfg)
+              if f.name not in STAGE_SETTINGS and getattr(stage_cfg, f.name) != getattr(defaults, f.name)]
+    if unused:
+        raise ConfigError(f"{stage_cfg.data_dir} is judged by its own labelers (data/synthetic/evaluate.py), which "
+                          f"take no {', '.join('--' + n for n in unused)}: drop them")
+    return EvalConfig(**{ours: getattr(stage_cfg, theirs) for theirs, ours in STAGE_SETTINGS.items()})
 
 
 def main(argv=None):

@@ -1,9 +1,11 @@
 """
 The synthetic world's judge as the stages see it (through data.load_judge): the programmatic labelers
-of labelers.py answering the three questions a stage asks while it runs. Training labelers by default:
-the held-out labelers and the test prompts are for data/synthetic/evaluate.py's final measurement only.
+of labelers.py answering the three questions a stage asks while it runs, and, for the top-level evaluate.py,
+running the whole final evaluation. Training labelers by default: the held-out labelers and the test prompts
+are for data/synthetic/evaluate.py's final measurement only.
 """
 
+from data.synthetic import evaluate
 from data.synthetic.labelers import HELDOUT_LABELERS, TRAIN_LABELERS, compare, gold_score, judge_mean, win_rate
 
 LABELERS = {"train": TRAIN_LABELERS, "heldout": HELDOUT_LABELERS}
@@ -23,6 +25,11 @@ class Judge:
     def win_rate(self, prompts, a, b, ended_a, ended_b, labelers="train"):
         """(rate, 95% CI half-width): how often the labelers prefer response a to b, ties half."""
         return win_rate(prompts, a, b, LABELERS[labelers], ended_a, ended_b)
+
+    def evaluate(self, cfg):
+        """evaluate.py's whole evaluation on this world, given that stage's config: data/synthetic/evaluate.py
+        (held-out labelers on the test prompts; results.json, results.md, responses/, plots/), its results."""
+        return evaluate.main(evaluate.config_from_stage(cfg))
 
     def agreement(self, prompt, responses, rewards):
         """{labelers: (agreeing, judged)}: of every pair of the responses to prompt, how often the sign of the
