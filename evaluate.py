@@ -153,8 +153,7 @@ def answer(name, path, prompts, cfg, rt, scorers, ref):
     out = {"texts": texts, "ended": ended, "tokens": tokens,
            "judge_scores": score_sequences(judge, seqs, rt.autocast, cfg.batch_size).tolist(),
            "rm_scores": score_sequences(rm, seqs, rt.autocast, cfg.batch_size).tolist()}
-    out["kl_to_sft"] = 0.0 if ref is None else kl_to_reference(model, ref, tok, prompts, "", tokens, cfg.batch_size,
-                                                               rt.autocast)
+    out["kl_to_sft"] = 0.0 if ref is None else kl_to_reference(model, ref, tok, prompts, "", tokens)
     if cfg.text_dir:
         with vocabulary_of(path, cfg.text_dir):
             out["text_loss"] = pretrain_loss(model, tok, cfg.text_dir, model.config.block_size,

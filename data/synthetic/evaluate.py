@@ -187,9 +187,10 @@ def sample(model, tok, prompts, args, temperature, prefix, is_base, seed):
 
 
 @torch.no_grad()
-def logprob_sums(model, prompts, responses, batch_size=32, autocast=None):
-    """(N,) sum over each response's tokens of log p(token | prompt, earlier tokens), temperature 1.
-    prompts and responses are lists of token-id lists; prompts left-padded, responses right-padded."""
+def logprob_sums(model, prompts, responses, batch_size=32):
+    """(N,) sum over each response's tokens of log p(token | prompt, earlier tokens), temperature 1, in float32
+    on the model's device. prompts and responses are lists of token-id lists; prompts left-padded, responses
+    right-padded."""
     device = next(model.parameters()).device
     sums = []
     for i in range(0, len(prompts), batch_size):
@@ -197,21 +198,19 @@ def logprob_sums(model, prompts, responses, batch_size=32, autocast=None):
         resp, lengths = pad_right(responses[i:i + batch_size])
         resp_mask = torch.arange(resp.size(1))[None, :] < lengths[:, None]
         seqs, mask = torch.cat([idx, resp], 1).to(device), torch.cat([prompt_mask, resp_mask], 1).to(device)
-        with autocast() if autocast else contextlib.nullcontext():
-            logprobs = response_logprobs(model, seqs, mask, idx.size(1))  # (B, T)
+        logprobs = response_logprobs(model, seqs, mask, idx.size(1))  # (B, T)
         sums.append((logprobs * resp_mask.to(device)).sum(1).cpu())
     return torch.cat(sums)
 
 
-def kl_to_reference(model, ref, tok, prompts, prefix, tokens, batch_size=32, autocast=None):
+def kl_to_reference(model, ref, tok, prompts, prefix, tokens):
     """KL(model || ref) in nats per response: the mean over the model's own T=1 samples of
     sum_t log p_model(y_t) - log p_ref(y_t), the model reading its prompt (with its few-shot prefix), the
     reference (SFT) the bare prompt; over every sampled token (a base model's past its cut too). Unbiased:
     the samples come from the model."""
     own = [tok.encode(prefix + render_prompt(p)) for p in prompts]
     bare = [encode_prompt(tok, p) for p in prompts]
-    return (logprob_sums(model, own, tokens, batch_size, autocast)
-            - logprob_sums(ref, bare, tokens, batch_size, autocast)).mean().item()
+    return (logprob_sums(model, own, tokens) - logprob_sums(ref, bare, tokens)).mean().item()
 
 
 @torch.no_grad()
