@@ -303,7 +303,7 @@ def main(argv=None):
     final_path = os.path.join(cfg.out_dir, f"{cfg.mode}.pt")  # the model chosen on validation
     resume = cfg.init_from == "resume"
 
-    # 1. the model
+    # 1. the model: a new GPT, GPT-2's weights, or a checkpoint (SFT starts from the base model)
     model, tok, source = init_model(cfg, resume_path)
     block_size = min(cfg.block_size, model.config.block_size)
     model.to(rt.device)
@@ -359,8 +359,8 @@ def main(argv=None):
                     raise SystemExit(130)
     bar.close()
     if rt.master:
-        criterion = "reward model score" if selection.rm is not None else "val loss"
-        print(f"done: {final_path} (selected by {criterion})")
+        by = "reward model score" if selection.rm is not None else "val loss"
+        print(f"done: {final_path} (selected by {by})")
     rt.close()
     return final_path
 
