@@ -88,22 +88,25 @@ def comparison_prompts(out):
 
 def test_judge_split_is_a_seeded_hash_of_the_training_prompts(tmp_path):
     """comparisons_judge.jsonl holds the comparisons of round(judge_fraction * n) of the n training prompts: those
-    first by sha256(seed:judge:prompt), whatever the input's order, none of them in comparisons_train or _val,
-    which hold the rest; another seed picks others."""
+    first by sha256(seed:judge:prompt), for every seed and whatever the input's order, none of them in
+    comparisons_train or _val, which hold the rest; another seed picks others."""
     pairs = [hh_pair([("Human", f"Question {i}?")], f"Answer {i}.", f"No {i}.") for i in range(40)]
-    runs = {}
-    for name, records, seed in (("a", pairs, 0), ("reversed", pairs[::-1], 0), ("seed1", pairs, 1)):
-        src = write_jsonl_lines(tmp_path / f"{name}.jsonl", records)
-        hh.main([f"--src={src}", f"--out_dir={tmp_path / name}", f"--seed={seed}", "--judge_fraction=0.25"])
-        runs[name] = comparison_prompts(tmp_path / name)
-    split = runs["a"]
-    train, val, judge = (set(split[s]) for s in ("train", "val", "judge"))
-    assert not (train & val or train & judge or val & judge)
-    assert train | val | judge == {f"Question {i}?" for i in range(40)}
-    assert judge == set(sorted(train | judge, key=lambda g: hashlib.sha256(f"0:judge:{g}".encode()).hexdigest())
-                        [:round(0.25 * len(train | judge))])
-    assert {k: set(v) for k, v in runs["reversed"].items()} == {k: set(v) for k, v in split.items()}
-    assert set(runs["seed1"]["judge"]) != judge
+    judged = []
+    for seed in range(5):
+        runs = []
+        for name, records in (("a", pairs), ("reversed", pairs[::-1])):
+            src = write_jsonl_lines(tmp_path / f"{name}.jsonl", records)
+            out = tmp_path / f"{name}{seed}"
+            hh.main([f"--src={src}", f"--out_dir={out}", f"--seed={seed}", "--judge_fraction=0.25"])
+            runs.append({k: set(v) for k, v in comparison_prompts(out).items()})
+        train, val, judge = (runs[0][s] for s in ("train", "val", "judge"))
+        assert not (train & val or train & judge or val & judge)
+        assert train | val | judge == {f"Question {i}?" for i in range(40)}
+        first = sorted(train | judge, key=lambda g: hashlib.sha256(f"{seed}:judge:{g}".encode()).hexdigest())
+        assert judge == set(first[:round(0.25 * len(train | judge))]), seed
+        assert runs[1] == runs[0], seed
+        judged.append(judge)
+    assert judged[1] != judged[0]
 
 
 def test_judge_split_leaves_demonstrations_and_prompts_alone(tmp_path):

@@ -164,11 +164,12 @@ def test_sft_from_a_gpt2_directory_lowers_the_validation_loss(recipe):
 
 def test_reward_models_learn_their_own_splits(recipe):
     """The policy's RM trains on comparisons_train.jsonl and the judge (from the other GPT-2 directory, a .bin)
-    on comparisons_judge.jsonl, as their run configs record; both training losses fall and both order the
-    validation pairs better than chance."""
-    root, _, commands = recipe
+    on comparisons_judge.jsonl, as they say and their run configs record; both training losses fall and both
+    order the validation pairs better than chance."""
+    root, printed, commands = recipe
     for index, split in ((0, "train"), (1, "judge")):
         path = root / out_dir(commands, "reward.py", index)
+        assert re.search(rf"comparisons_{split}.jsonl: \d+ prompts, K = 2..2", printed["reward.py"][index]), split
         assert load_checkpoint(str(path / "reward.pt"))["run_config"]["train_split"] == split
         logged = read_jsonl(path / "metrics.jsonl")
         losses = [m["loss"] for m in logged if "loss" in m]
@@ -202,7 +203,8 @@ def test_ppo_ptx_moves_away_from_sft_and_resumes(recipe):
 def test_evaluation_reports_every_model_against_sft(recipe):
     """results.json holds win_rate_vs_sft (SFT's own 0.5) and every other figure for each model of --models, the
     judge it names is the held-out one, results.md calls the win rate a proxy, and responses/NAME.jsonl holds
-    each model's answer to every judged prompt with the judge's score, which the win rate is recomputed from."""
+    each model's answer to every judged prompt (held-out ones: HH has no test split, so val's) with the judge's
+    score, which the win rate is recomputed from. The PPO model's KL to SFT on its own samples is positive."""
     root, _, commands = recipe
     out = root / out_dir(commands, "evaluate.py")
     res = json.loads((out / "results.json").read_text())
@@ -213,7 +215,10 @@ def test_evaluation_reports_every_model_against_sft(recipe):
     assert res["judge"]["trained_on"].endswith("comparisons_judge.jsonl")
     assert "proxy" in (out / "results.md").read_text() and "not a human judgment" in (out / "results.md").read_text()
     answers = {m: read_jsonl(out / "responses" / f"{m}.jsonl") for m in models}
-    assert len(answers["sft"]) == res["num_prompts"] > 0
+    assert len(answers["sft"]) == res["num_prompts"] > 0 and res["split"] == "val"
+    held_out = {r["prompt"] for r in read_jsonl(root / "data" / "hh_rlhf" / "prompts_val.jsonl")}
+    assert {a["prompt"] for a in answers["sft"]} <= held_out
+    assert res["kl_to_sft"]["ppo_ptx"] > 0
     pairs = list(zip(answers["ppo_ptx"], answers["sft"]))
     assert [a["prompt"] for a, _ in pairs] == [b["prompt"] for _, b in pairs]
     wins = [0.5 if a["response"] == b["response"] else float(a["judge_score"] > b["judge_score"]) for a, b in pairs]
