@@ -49,6 +49,7 @@ from common import (
 )
 from data.formats import read_split
 from data.loader import (
+    answerable,
     encode_prompt,
     fitting,
     generate_responses,
@@ -245,6 +246,8 @@ def print_samples(model, tok, cfg, val, rt):
     """A few decoded generations: responses to val prompts, or continuations of pretraining text."""
     if cfg.mode == "sft":
         prompts = [r["prompt"] for r in read_split(cfg.data_dir, "sft", "val")[:cfg.num_samples]]
+        room = model.config.block_size - cfg.max_new_tokens  # a prompt without room to answer shows nothing
+        prompts = [p for p in prompts if len(encode_prompt(tok, p)) <= room]
         texts, _, _ = generate_responses(model, tok, prompts, cfg.max_new_tokens, autocast=rt.autocast)
         for p, t in zip(prompts, texts):
             tqdm.write(f"  [prompt] {p!r}\n  [model]  {t!r}")
@@ -261,13 +264,13 @@ class Selection:
     candidates: the evaluation before step 1 is the baseline in the log, and no MODE.pt exists before a step.
     best: the criterion's best value so far (higher is better), which resume.pt keeps."""
 
-    def __init__(self, cfg, rt, tok, final_path, best=None):
+    def __init__(self, cfg, rt, tok, final_path, block_size, best=None):
         self.cfg, self.rt, self.tok, self.final_path, self.best = cfg, rt, tok, final_path, best
         self.rm = self.prompts = None
         if cfg.select_rm and cfg.mode == "sft":
             self.rm = load_model(cfg.select_rm, rt.device, stages=("reward",))[0].eval()
-            prompts = read_split(cfg.data_dir, "prompts", "val")[:cfg.select_prompts]
-            self.prompts = [r["prompt"] for r in prompts]
+            prompts = [r["prompt"] for r in read_split(cfg.data_dir, "prompts", "val")[:cfg.select_prompts]]
+            self.prompts = answerable(tok, prompts, block_size, cfg.max_new_tokens, "--select_rm prompts", rt.master)
 
     def evaluate(self, step, model, train_model, val, log):
         """Validation loss (and RM score), logged; an improvement is saved."""
@@ -323,7 +326,7 @@ def main(argv=None):
         step, best = state["step"], state["best"]
         if step >= total_steps and rt.master:
             print(f"{resume_path} is at step {step}, the end of this run ({total_steps} steps): nothing to train")
-    selection = Selection(cfg, rt, tok, final_path, best)
+    selection = Selection(cfg, rt, tok, final_path, block_size, best)
     train_model = rt.wrap(torch.compile(model) if cfg.compile else model)
     scaler, log = rt.grad_scaler(), MetricsLog(cfg.out_dir, rt.master, step if resume else None)
 

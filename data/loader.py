@@ -160,6 +160,12 @@ def fitting(lengths, limit, what, master=True):
     return keep
 
 
+def answerable(tok, prompts, block_size, max_new_tokens, what, master=True):
+    """The text prompts that leave max_new_tokens of room in the block; the others dropped, and counted aloud."""
+    keep = fitting([len(encode_prompt(tok, p)) for p in prompts], block_size - max_new_tokens, what, master)
+    return [prompts[i] for i in keep]
+
+
 # -----------------------------------------------------------------------------
 # sampling responses to text prompts
 

@@ -264,3 +264,17 @@ def test_ddp_step_equals_single_process_step(tmp_path):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-6, rtol=1e-5)
     assert any(not torch.equal(a["model"][k], start[k]) for k in start)  # the step did move the weights
+
+
+def test_samples_of_prompts_without_room_to_answer_are_skipped(tmp_path, capsys):
+    """SFT prints samples only for val prompts that leave max_new_tokens of room in the block: with none that do,
+    training runs and prints none (it does not stop on them)."""
+    d = write_dataset(tmp_path / "data")
+    sft.main([f"--data_dir={d}", f"--out_dir={tmp_path}/p", "--mode=pretrain", "--init_from=scratch", "--epochs=0.2",
+              "--num_samples=0", *TINY])
+    sft.main([f"--data_dir={d}", f"--out_dir={tmp_path}/s", f"--init_from={tmp_path}/p/pretrain.pt", "--epochs=0.2",
+              "--eval_interval=1000", *TINY, "--num_samples=3", "--max_new_tokens=60"])
+    assert "[prompt]" not in capsys.readouterr().out
+    sft.main([f"--data_dir={d}", f"--out_dir={tmp_path}/s2", f"--init_from={tmp_path}/p/pretrain.pt", "--epochs=0.2",
+              "--eval_interval=1000", *TINY, "--num_samples=3", "--max_new_tokens=8"])
+    assert "[prompt]" in capsys.readouterr().out
