@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from test_sft import TINY as SFT_TINY
-from test_sft import write_dataset
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import model as M
 import sft
+from test_sft import TINY as SFT_TINY
+from test_sft import write_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = "cuda"

@@ -275,7 +275,8 @@ def test_ppo_resume_of_a_resumed_run_is_bitwise_exact(world, tmp_path):
     """PPO stopped, resumed, stopped again and resumed again ends bitwise where an uninterrupted run does."""
     args = [f"--data_dir={world / 'data'}", f"--init_from={world / 'sft.pt'}", f"--reward_model={world / 'reward.pt'}",
             "--batch_size=4", "--minibatch_size=2", "--max_new_tokens=6", "--ptx_batch_size=2", "--ptx_seq_len=16",
-            "--lr=3e-4", "--value_lr=3e-4", "--eval_prompts=0", "--sample_interval=0", "--device=cpu", "--dtype=float32"]
+            "--lr=3e-4", "--value_lr=3e-4", "--eval_prompts=0", "--sample_interval=0", "--device=cpu",
+            "--dtype=float32"]
     ppo.main([*args, "--iterations=3", f"--out_dir={tmp_path / 'a'}"])
     ppo.main([*args, "--iterations=1", f"--out_dir={tmp_path / 'b'}"])  # stopped after iteration 1
     for n in (2, 3):  # resumed, stopped after iteration 2, resumed again

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_gpt2 import write_hf_gpt2
 
 import common as C
 import model as M
+from hf_gpt2 import write_hf_gpt2
 from model import GPT, GPTConfig
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from hf_gpt2 import write_hf_gpt2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

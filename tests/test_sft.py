@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import ddp_env, exit_worker, free_port
 
 import sft
 from common import cosine_lr, setup_runtime
+from conftest import ddp_env, exit_worker, free_port
 from data.formats import read_jsonl, render_prompt, render_response
 from data.loader import encode_prompt, encode_response, load_split
 from data.tokenizer import Tokenizer

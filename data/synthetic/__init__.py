@@ -3,5 +3,18 @@
     from data.synthetic import score, compare, gold_score, judge_mean, win_rate
     from data.synthetic import TRAIN_LABELERS, HELDOUT_LABELERS
 """
-from data.synthetic.labelers import (HELDOUT_LABELERS, TRAIN_LABELERS, Labeler, agreement,  # noqa: F401
-                                     compare, criteria, gold_score, judge_mean, score, win_rate)
+from data.synthetic.labelers import (
+    HELDOUT_LABELERS,
+    TRAIN_LABELERS,
+    Labeler,
+    agreement,
+    compare,
+    criteria,
+    gold_score,
+    judge_mean,
+    score,
+    win_rate,
+)
+
+__all__ = ["HELDOUT_LABELERS", "TRAIN_LABELERS", "Labeler", "agreement", "compare", "criteria", "gold_score",
+           "judge_mean", "score", "win_rate"]
