@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from common import ConfigError, load_lm, parse_config, run, setup_runtime, vocabulary_of
+from common import ConfigError, check_ranges, load_lm, parse_config, ranged, run, setup_runtime, vocabulary_of
 from data import load_judge
 from data.formats import atomic_write, read_split, write_jsonl
 from data.loader import encode_prompt, fitting, generate_responses
@@ -55,10 +55,10 @@ class EvalConfig:
     judge_model: str = ""  # data without a judge: the held-out judge RM (python reward.py --train_split=judge)
     text_dir: str = ""  # a folder with pretrain_val.jsonl: each model's LM loss on it (the alignment tax); "": none
     split: str = "test"  # prompts_SPLIT.jsonl judged: test (val where the data has no test) | val
-    prompts: int = 500  # held-out prompts judged: the first that leave room for max_new_tokens
-    max_new_tokens: int = 64  # response length limit
-    batch_size: int = 64  # prompts per generation and scoring batch
-    seed: int = 1337  # sampling seed: prompt i samples with seed + i, in every model
+    prompts: int = ranged(500, ">= 1")  # held-out prompts judged: the first that leave room for max_new_tokens
+    max_new_tokens: int = ranged(64, ">= 1")  # response length limit
+    batch_size: int = ranged(64, ">= 1")  # prompts per generation and scoring batch
+    seed: int = ranged(1337, "[0, 2**32)")  # sampling seed: prompt i samples with seed + i, in every model
     out_dir: str = "out"  # results.json, results.md, responses/
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | mps
     dtype: str = "auto"  # auto (bf16 on CUDA or a native-bf16 CPU, fp16 on older GPUs, else fp32) | float32 | bfloat16
@@ -223,8 +223,11 @@ def evaluate_with_judge_model(cfg):
     if any("@" in spec for spec in specs.values()):
         raise ConfigError("NAME=PATH@fewshot is for the synthetic world's base models: drop the @fewshot")
     # 2. held-out prompts that leave room to answer in every model and reward model
-    split, prompts = held_out_prompts(cfg, tok, min(judge.config.block_size, rm.config.block_size)
-                                      - cfg.max_new_tokens)
+    context = min(judge.config.block_size, rm.config.block_size)
+    if cfg.max_new_tokens >= context:
+        raise ConfigError(f"--max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the reward models' "
+                          f"context of {context} tokens")
+    split, prompts = held_out_prompts(cfg, tok, context - cfg.max_new_tokens)
     # 3. each model answers; the judge and the policy RM score; KL to the baseline and the held-out text loss
     ref, answers = None, {}
     for name in [cfg.baseline] + [n for n in specs if n != cfg.baseline]:
@@ -254,6 +257,7 @@ def evaluate_with_judge_model(cfg):
 
 def main(argv=None):
     cfg = argv if isinstance(argv, EvalConfig) else parse_config(EvalConfig, argv)
+    check_ranges(cfg)  # a config made in code skips parse_config
     judge = load_judge(cfg.data_dir)
     if judge is not None:  # the data judges itself: its evaluation, whole
         return judge.evaluate(cfg)

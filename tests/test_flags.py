@@ -20,7 +20,9 @@ from data.formats import write_jsonl
 from model import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["sft", "reward", "ppo", "bench", "data.synthetic.prepare", "data.synthetic.sweep"]
+SCRIPTS = ["sft", "reward", "ppo", "evaluate", "bench", "data.synthetic.prepare", "data.synthetic.evaluate",
+           "data.synthetic.sweep", "data.alpaca.prepare", "data.hh_rlhf.prepare", "data.oasst.prepare",
+           "data.text.prepare"]
 
 
 def config_class(module):

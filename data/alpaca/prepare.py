@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import parse_config, run  # noqa: E402
+from common import parse_config, ranged, run  # noqa: E402
 from data.formats import Collector, convert_files, fetch, iter_json  # noqa: E402
 
 
@@ -29,9 +29,9 @@ class AlpacaConfig:
     """Alpaca-style instruction data (alpaca_data.json or seed_tasks.jsonl) -> SFT pairs and prompts."""
     src: tuple[str, ...] = ()  # input files, comma-separated (JSON list or JSONL, plain or gzip); empty: download
     out_dir: str = "data/alpaca"  # where the JSONL files go
-    val_fraction: float = 0.1  # fraction of the instructions whose examples go to val
-    seed: int = 0  # seed of the hash that picks the val instructions
-    max_chars: int = 4000  # skip examples longer than this many characters
+    val_fraction: float = ranged(0.1, "[0, 1)")  # fraction of the instructions whose examples go to val
+    seed: int = ranged(0, "[0, 2**32)")  # seed of the hash that picks the val instructions
+    max_chars: int = ranged(4000, ">= 1")  # skip examples longer than this many characters
 
 
 HERE = Path(__file__).resolve().parent

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import parse_config, run  # noqa: E402
+from common import parse_config, ranged, run  # noqa: E402
 from data.formats import Collector, convert_files, fetch, iter_json  # noqa: E402
 
 
@@ -32,10 +32,10 @@ class HHConfig:
     """Anthropic HH-RLHF chosen/rejected pairs -> comparisons (K = 2), SFT pairs and prompts."""
     src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download the public ones
     out_dir: str = "data/hh_rlhf"  # where the JSONL files go
-    val_fraction: float = 0.1  # fraction of the prompts whose examples go to val
-    seed: int = 0  # seed of the hash that picks the val prompts
-    max_chars: int = 4000  # skip examples longer than this many characters
-    judge_fraction: float = 0.2  # fraction of the training prompts whose comparisons go to comparisons_judge.jsonl
+    val_fraction: float = ranged(0.1, "[0, 1)")  # fraction of the prompts whose examples go to val
+    seed: int = ranged(0, "[0, 2**32)")  # seed of the hash that picks the val prompts
+    max_chars: int = ranged(4000, ">= 1")  # skip examples longer than this many characters
+    judge_fraction: float = ranged(0.2, "[0, 1)")  # fraction of the training prompts kept for comparisons_judge.jsonl
 
 
 HERE = Path(__file__).resolve().parent

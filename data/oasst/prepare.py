@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import parse_config, run  # noqa: E402
+from common import parse_config, ranged, run  # noqa: E402
 from data.formats import Collector, convert_files, fetch, iter_json, join_turns  # noqa: E402
 
 
@@ -35,10 +35,10 @@ class OASSTConfig:
     """OpenAssistant message trees -> K-way comparisons, SFT pairs and prompts."""
     src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download oasst1
     out_dir: str = "data/oasst"  # where the JSONL files go
-    val_fraction: float = 0.1  # fraction of the trees whose examples go to val
-    seed: int = 0  # seed of the hash that picks the val trees
-    max_chars: int = 4000  # skip examples longer than this many characters
-    judge_fraction: float = 0.2  # fraction of the training trees whose comparisons go to comparisons_judge.jsonl
+    val_fraction: float = ranged(0.1, "[0, 1)")  # fraction of the trees whose examples go to val
+    seed: int = ranged(0, "[0, 2**32)")  # seed of the hash that picks the val trees
+    max_chars: int = ranged(4000, ">= 1")  # skip examples longer than this many characters
+    judge_fraction: float = ranged(0.2, "[0, 1)")  # fraction of the training trees kept for comparisons_judge.jsonl
     lang: str = ""  # keep only trees whose first message has this language (e.g. en); empty: all
 
 

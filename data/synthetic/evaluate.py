@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np
 import torch
 
-from common import ConfigError, is_pretrained_source, load_lm, parse_config, run
+from common import ConfigError, check_ranges, is_pretrained_source, load_lm, parse_config, ranged, run
 from data.formats import (
     DataError,
     atomic_write,
@@ -97,11 +97,11 @@ class EvalConfig:
     data_dir: str = "data/synthetic"  # the synthetic world's folder
     reward_model: str = "out/reward/reward.pt"  # its scores and accuracy ('' or a missing file: skip)
     split: str = "test"  # test: held-out prompts and labelers (the measurement) | val: for tuning (training labelers)
-    num_prompts: int = 500  # prompts to judge
-    max_new_tokens: int = 64  # response length limit
-    temperature: float = 0.0  # decoding of the main pass: 0 greedy (reproducible); 1 sampled with the seed
+    num_prompts: int = ranged(500, ">= 1")  # prompts to judge
+    max_new_tokens: int = ranged(64, ">= 1")  # response length limit
+    temperature: float = ranged(0.0, ">= 0")  # the main pass: 0 greedy (reproducible); 1 sampled with the seed
     sample_t1: bool = True  # also sample every model at T=1: win rates at T=1, KL to SFT, RM on SFT samples
-    seed: int = 1337  # the pipeline's seed (reported in results.json) and the sampling seed
+    seed: int = ranged(1337, "[0, 2**32)")  # the pipeline's seed (reported in results.json) and the sampling seed
     out_dir: str = "out"  # results.json, results.md, eval.json, responses/, plots/ go here; seconds.json is read here
 
 
@@ -509,6 +509,7 @@ def config_from_stage(stage_cfg):
 
 def main(argv=None):
     args = argv if isinstance(argv, EvalConfig) else parse_config(EvalConfig, argv)
+    check_ranges(args)  # a config made in code (config_from_stage's) skips parse_config
     t_start = time.time()
     torch.set_flush_denormal(True)
     if args.split not in ("test", "val"):

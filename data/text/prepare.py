@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from common import parse_config, run  # noqa: E402
+from common import parse_config, ranged, run  # noqa: E402
 from data.formats import Collector, convert_files, fetch, read_lines  # noqa: E402
 
 
@@ -30,9 +30,9 @@ class TextConfig:
     """Any plain-text files (tiny Shakespeare by default) -> pretraining text records."""
     src: tuple[str, ...] = ()  # input files, comma-separated (plain or gzip); empty: download tinyshakespeare
     out_dir: str = "data/text"  # where the JSONL files go
-    val_fraction: float = 0.1  # fraction of the records that go to val
-    seed: int = 0  # seed of the hash that picks the val records
-    max_chars: int = 1000  # the most characters in one record (paragraphs are packed up to it, cut beyond it)
+    val_fraction: float = ranged(0.1, "[0, 1)")  # fraction of the records that go to val
+    seed: int = ranged(0, "[0, 2**32)")  # seed of the hash that picks the val records
+    max_chars: int = ranged(1000, ">= 1")  # the most characters in a record (paragraphs packed up to it, cut beyond it)
 
 
 HERE = Path(__file__).resolve().parent
