@@ -4,6 +4,7 @@ Mutation testing, by hand (not in CI): plant one plausible bug at a time and che
     python tests/mutate.py                 # every mutant: killed / survived, and the kill rate
     python tests/mutate.py --only=ppo.py   # the mutants of files whose path contains this
     python tests/mutate.py --list          # the mutants, without running anything
+    python tests/mutate.py --start=90      # from mutant 90 on (the numbers --list shows)
 
 Each mutant is an exact replacement (old -> new, old occurring once in its file) with the test files that should
 catch it. The tree is copied to a temporary folder first (the files git tracks, plus untracked ones it does not
@@ -405,6 +406,47 @@ MUTANTS = [
          new='return prompt.lstrip().startswith("Human:") and prompt.rstrip().endswith("Assistant:")',
          tests='tests/test_converters.py',
          why='a prompt that starts "Human:" passes: the model reads the template twice'),
+    # the flags: ranges beside the defaults, read by common.parse_config
+    dict(file='common.py',
+         old='return cls(text, lo=bound, lo_closed=op == ">=")',
+         new='return cls(text, lo=bound, lo_closed=op[0] == ">")',
+         tests='tests/test_common.py',
+         why="'> 0' read as '>= 0': --lr=0 and --clip_eps=0 pass"),
+    dict(file='common.py',
+         old='interval[1] == "[", interval[4] == "]")',
+         new='interval[1] == "[", interval[4] == ")")',
+         tests='tests/test_common.py',
+         why="an interval's upper end closed where open and open where closed: --dropout=1 passes, --gamma=1 is refused"),
+    dict(file='common.py',
+         old='bad = [v for v in values if v is not None and v not in valid] if valid else []',
+         new='bad = [v for v in values[:1] if v is not None and v not in valid] if valid else []',
+         tests='tests/test_common.py',
+         why="only a tuple's first value checked: --betas=0.9,1 passes"),
+    dict(file='common.py',
+         old='return field.metadata.get("range") or (FINITE if scalar_type(tp) is float else None)',
+         new='return field.metadata.get("range")',
+         tests='tests/test_common.py',
+         why='a float without a declared range takes nan and inf (--no_eos_penalty=nan)'),
+    dict(file='ppo.py',
+         old='minibatch_size: int = ranged(16, ">= 1")',
+         new='minibatch_size: int = ranged(16, ">= 0")',
+         tests='tests/test_flags.py',
+         why='range off by one: --minibatch_size=0 reaches batch_size % 0 (ZeroDivisionError)'),
+    dict(file='sft.py',
+         old='improved = step > 0 and (self.best is None or criterion > self.best)',
+         new='improved = step >= 0 and (self.best is None or criterion > self.best)',
+         tests='tests/test_flags.py',
+         why='the untrained starting model saved as sft.pt and reported as selected when no step beats it'),
+    dict(file='ppo.py',
+         old='iterations: int = ranged(60, ">= 1")',
+         new='iterations: int = ranged(60, ">= 0")',
+         tests='tests/test_flags.py',
+         why='--iterations=0 runs no PPO step yet evaluates and logs the SFT policy as the result'),
+    dict(file='ppo.py',
+         old='    check_ranges(cfg)\n    if cfg.batch_size % cfg.minibatch_size:',
+         new='    if cfg.batch_size % cfg.minibatch_size:',
+         tests='tests/test_ppo.py',
+         why='a PPOConfig made in code (bench.py, tests) skips the ranges: --oracle_scale=-1 runs'),
 ]
 
 
@@ -458,6 +500,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="", help="run the mutants of files whose path contains this")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--start", type=int, default=0, help="skip the mutants numbered below this")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant's tests")
     args = parser.parse_args()
     mutants = [m for m in MUTANTS if args.only in m["file"]]
@@ -474,6 +517,8 @@ def main():
         tree = Path(tmp)
         copy_tree(tree)
         for i, m in enumerate(mutants):
+            if i < args.start:
+                continue
             if "equivalent" in m:
                 print(f"{i:3d} equivalent {m['file']}: {m['why']} ({m['equivalent']})")
                 continue
