@@ -224,6 +224,9 @@ def run(main):
         raise SystemExit(1)
     except KeyboardInterrupt:
         raise SystemExit(130)
+    except BrokenPipeError:  # the reader went away (`--help | head`): nothing is left to say, and no one to say it to
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1)
 
 
 # -----------------------------------------------------------------------------

@@ -67,7 +67,7 @@ class RewardConfig:
     data_dir: str = "data/synthetic"  # comparisons_{train,val}.jsonl; sft_train.jsonl for the bias
     train_split: str = "train"  # comparisons_SPLIT.jsonl it trains on: train | judge (real data's held-out judge)
     out_dir: str = "out/reward"  # reward.pt, resume.pt and metrics.jsonl go here
-    epochs: float = ranged(1.0, "> 0")  # passes over the training prompts (the paper: 1; more epochs overfit)
+    epochs: float = ranged(1.0, "(0, 10000]")  # passes over the training prompts (the paper: 1; more epochs overfit)
     max_steps: int = ranged(0, ">= 0")  # if > 0, train this many steps instead (the lr schedule spans them)
     batch_size: int = ranged(32, ">= 1")  # prompts per step, all ranks, each with all K responses (the paper: 64)
     micro_batch_size: int = ranged(0, ">= 0")  # prompts per forward/backward pass and rank (0: all); the same gradient

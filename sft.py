@@ -77,7 +77,7 @@ class SFTConfig:
     bias: bool = True  # biases in Linear and LayerNorm
     dropout: float = ranged(0.0, "[0, 1)")  # residual dropout (the paper: 0.2 for 175B; a tiny model needs every unit)
     # optimisation (the paper: AdamW betas (0.9, 0.95), cosine decay to 10%, no warmup for SFT)
-    epochs: float = ranged(6.0, "> 0")  # passes over the training examples (sft) or tokens (pretrain)
+    epochs: float = ranged(6.0, "(0, 10000]")  # passes over the training examples (sft) or tokens (pretrain)
     batch_size: int = ranged(32, ">= 1")  # sequences per micro-batch per process
     grad_accum: int = ranged(1, ">= 1")  # micro-batches per optimizer step
     lr: float = ranged(1e-3, "> 0")  # peak learning rate (a tiny model needs far more than the paper's 9.65e-6)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,3 +246,11 @@ def test_flops_count_and_gpu_peaks_by_name():
              "NVIDIA H100 NVL": 835e12, "NVIDIA L40S": 362e12, "NVIDIA L4": 121e12, "NVIDIA A10G": None,
              "NVIDIA A100-SXM4-80GB": 312e12, "Some New GPU": None}
     assert {name: C.bf16_peak_of(name) for name in peaks} == peaks
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """`python sft.py --help | head -1`: the reader closes the pipe early, and the script ends quietly."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(f"{sys.executable} sft.py --help | head -1", shell=True, cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() and "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr

@@ -130,7 +130,7 @@ def test_no_stage_can_be_asked_for_zero_optimizer_steps(script, argv):
 TABLE = [  # (script, flag, its one line on stderr)
     ("ppo.py", "--batch_size=0", "error: --batch_size=0 must be >= 1"),
     ("reward.py", "--batch_size=0", "error: --batch_size=0 must be >= 1"),
-    ("sft.py", "--epochs=-1", "error: --epochs=-1 must be > 0"),
+    ("sft.py", "--epochs=-1", "error: --epochs=-1 must be in (0, 10000]"),
     ("ppo.py", "--minibatch_size=0", "error: --minibatch_size=0 must be >= 1"),
     ("ppo.py", "--lr=-1", "error: --lr=-1 must be >= 0"),
     ("ppo.py", "--max_new_tokens=0", "error: --max_new_tokens=0 must be >= 1"),
