@@ -30,7 +30,6 @@ and the first answers side by side) and responses/NAME.jsonl ({"prompt", "respon
 """
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from data import load_judge
 from data.formats import atomic_write, read_split, write_jsonl
 from data.loader import encode_prompt, fitting, generate_responses
 from data.synthetic.evaluate import MODEL_STAGES, kl_to_reference, markdown_cell, pretrain_loss, resolve_models
+from data.synthetic.labelers import mean_ci95
 from model import score_sequences
 
 
@@ -124,10 +124,7 @@ def win_rate(scores, baseline_scores, same):
     """(rate, 95% CI half-width): how often a score beats the baseline's on the same prompt, a tie or an identical
     answer (same[i]: rounding may score one answer twice a hair apart) counting half; the CI over prompts."""
     outcomes = [0.5 if s or a == b else float(a > b) for a, b, s in zip(scores, baseline_scores, same)]
-    n = len(outcomes)
-    rate = sum(outcomes) / n
-    var = sum((o - rate) ** 2 for o in outcomes) / (n - 1) if n > 1 else 0.0
-    return rate, 1.96 * math.sqrt(var / n)
+    return mean_ci95(outcomes)
 
 
 # -----------------------------------------------------------------------------

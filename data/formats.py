@@ -414,12 +414,9 @@ def fetch(urls: list[str], path) -> Path:
 def convert_files(cfg, kinds, srcs, convert, unit):
     """What every converter's main does once its sources are known: feed each file to convert(src, Collector)
     (which returns how many units it read), then split and write the JSONL files; returns {file: count}."""
-    if not 0 <= cfg.val_fraction < 1 or cfg.max_chars < 1:
-        raise DataError(f"--val_fraction must be in [0, 1) and --max_chars >= 1, got {cfg.val_fraction} and "
-                        f"{cfg.max_chars}")
+    from common import check_ranges  # common imports this module: a config made in code meets its ranges here
+    check_ranges(cfg)
     judge_fraction = getattr(cfg, "judge_fraction", 0.0)  # the preference converters' held-out judge split
-    if not 0 <= judge_fraction < 1:
-        raise DataError(f"--judge_fraction must be in [0, 1), got {judge_fraction}")
     data = Collector(kinds, cfg.max_chars)
     for src in srcs:
         print(f"read {convert(src, data)} {unit} from {src}")

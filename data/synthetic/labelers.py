@@ -207,6 +207,11 @@ def win_rate(prompts, responses_a, responses_b, labelers=HELDOUT_LABELERS, ended
     for p, a, b, xa, xb in zip(prompts, ra, rb, ea, eb):
         wins = [(compare(p, a, b, lab, xa, xb) + 1) / 2 for lab in labelers]  # 1, 0.5 (tie) or 0
         outcomes.append(sum(wins) / len(wins))
+    return mean_ci95(outcomes)
+
+
+def mean_ci95(outcomes):
+    """(mean, 95% CI half-width) of per-prompt outcomes in [0, 1]: the normal approximation over prompts."""
     n = len(outcomes)
     rate = sum(outcomes) / n
     var = sum((o - rate) ** 2 for o in outcomes) / (n - 1) if n > 1 else 0.0
