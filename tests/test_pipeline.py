@@ -3,6 +3,7 @@ accuracy math against brute force, log-probabilities of padded batches, the resu
 PPO checkpoints named by their own run config."""
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -343,18 +344,22 @@ def test_default_models_find_both_ppo_runs(world, tmp_path, monkeypatch, capsys)
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """`TINY=1 SEED=3 bash run.sh` once for the tests below: its out and data folders."""
+    """`TINY=1 SEED=3 bash run.sh scaling` once for the tests below (the pipeline at sizes xs, s and m, then the
+    models of all three judged against m's SFT): size m's out and data folders, and the environment that makes
+    run.sh use them."""
     root = tmp_path_factory.mktemp("tiny")
-    env = {**os.environ, "TINY": "1", "SEED": "3", "OUT_DIR": str(root / "out"), "DATA_DIR": str(root / "data")}
-    proc = subprocess.run(["bash", "run.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "TINY": "1", "SEED": "3", "OUT_DIR": str(root / "scaling")}
+    proc = subprocess.run(["bash", "run.sh", "scaling"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return root / "out", root / "data", env
+    out = root / "scaling" / "m"
+    return out, out / "data", {**env, "OUT_DIR": str(out), "DATA_DIR": str(out / "data")}
 
 
 def test_run_sh_tiny_end_to_end(world, tiny_run):
-    """`TINY=1 SEED=3 bash run.sh` runs every stage in order at a tiny scale (seconds), with seed 3 from the
-    data on; each stage's time lands in results.json, every model is judged on every test prompt; then
-    `bash run.sh sweep` runs on its SFT and RM."""
+    """`TINY=1 SEED=3 bash run.sh` (size m of the scaling run) runs every stage in order at a tiny scale
+    (seconds), with seed 3 from the data on; each stage's time lands in results.json, every model is judged on
+    every test prompt; then `bash run.sh sweep` runs on its SFT and RM."""
     out, data, env = tiny_run
     prompts = [r["prompt"] for r in read_split(data, "prompts", "test")]
     res = check_results(out, MODELS, prompts, stages=STAGES)
@@ -413,6 +418,48 @@ def test_run_sh_tiny_draws_the_plots_png(tiny_run):
     for name in ("ppo_curves", "rm_accuracy", "win_rates"):
         assert_png(out / "plots" / f"{name}.png")
         assert res["plots"][name] == f"plots/{name}.png"
+
+
+def test_run_sh_tiny_scaling(tiny_run):
+    """`TINY=1 bash run.sh scaling`: results.json has each size's parameters (their checkpoints' count, m the
+    largest), its win rates against m's SFT as the joint evaluation measured them on the responses it wrote,
+    against its own SFT as its own run's results.json, its RM accuracy and the headroom captured by PPO-ptx;
+    scaling.csv has a row per size and model, results.md a row per size, scaling.png with matplotlib."""
+    out, _, _ = tiny_run
+    top = out.parent
+    res = json.loads((top / "results.json").read_text())
+    joint = json.loads((top / "vs_largest_sft" / "results.json").read_text())
+    assert res["largest"] == "m" and list(res["sizes"]) == ["xs", "s", "m"] and res["seed"] == 3
+    params = [r["params"] for r in res["sizes"].values()]
+    assert params == sorted(params) and len(set(params)) == 3
+    prompts = [r["prompt"] for r in read_split(out / "data", "prompts", "test")]
+    answers = {name: [(r["response"], r["ended"]) for r in read_jsonl(top / "vs_largest_sft" / "responses" /
+                                                                        f"{name}.jsonl")] for name in joint["gold"]}
+    sft_texts, sft_ended = zip(*answers["m_sft"])
+    for name, r in res["sizes"].items():
+        own = json.loads((top / name / "results.json").read_text())
+        model = GPT(GPTConfig(**load_checkpoint(str(top / name / "sft" / "sft.pt"))["model_config"]))
+        assert r["params"] == model.num_params(), name
+        assert set(r) == {"params", "win_rate_vs_largest_sft", "win_ci95", "win_rate_vs_own_sft",
+                          "win_ci95_vs_own_sft", "gold", "rm_accuracy", "ideal_win_rate", "headroom_captured",
+                          "alignment_tax", "seconds"}
+        for m in MODELS:
+            texts, ended = zip(*answers[f"{name}_{m}"])
+            rate, ci = win_rate(prompts, list(texts), list(sft_texts), HELDOUT_LABELERS, list(ended), list(sft_ended))
+            assert (r["win_rate_vs_largest_sft"][m], r["win_ci95"][m]) == pytest.approx((rate, ci), abs=1e-12)
+            assert r["win_rate_vs_own_sft"][m] == own["win_rate_vs_sft"][m] and r["gold"][m] == own["gold"][m]
+        assert r["rm_accuracy"]["heldout_labelers"] == own["rm_accuracy"]["heldout_labelers"]
+        ideal = own["headroom"]["ideal"]["win_rate_vs_sft"]
+        assert r["headroom_captured"] == pytest.approx((own["win_rate_vs_sft"]["ppo_ptx"] - 0.5) / (ideal - 0.5))
+        assert r["seconds"] == pytest.approx(sum(own["seconds"].values()), abs=0.1)
+    assert res["sizes"]["m"]["win_rate_vs_largest_sft"]["sft"] == 0.5
+    rows = read_csv(top / "scaling.csv")
+    assert rows[0][:4] == ["size", "params", "model", "win_rate_vs_largest_sft"] and len(rows) == 1 + 3 * len(MODELS)
+    table = (top / "results.md").read_text()
+    assert all(f"| {name} | {r['params']:,} |" in table for name, r in res["sizes"].items())
+    if importlib.util.find_spec("matplotlib"):
+        assert_png(top / "scaling.png")
+        assert res["plot"] == "scaling.png" and "](scaling.png)" in table
 
 
 def test_run_sh_sweep_needs_the_pipeline_first(tmp_path):

@@ -1,0 +1,172 @@
+"""Model sizes: what run.sh hands each stage at each SIZE (read from the commands it runs, with a stand-in python
+that only records them), the size presets' models, and data/synthetic/scaling.py's arithmetic and its refusals.
+`TINY=1 bash run.sh scaling` itself runs in tests/test_pipeline.py."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sft  # noqa: E402
+from common import ConfigError, parse_config  # noqa: E402
+from data.synthetic import scaling  # noqa: E402
+from data.tokenizer import Tokenizer  # noqa: E402
+from model import GPT, GPTConfig, save_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_sh(tmp_path, *args, fail_on="", **env):
+    """run.sh's commands, in order, as [(script, [flags])], run by a python that records its arguments and does
+    nothing else, from a copy of run.sh in tmp_path (the folders it makes land there); env: run.sh's variables
+    (SIZE=..., TINY=...), OUT_DIR and DATA_DIR unset unless given; fail_on: a flag that makes that python fail."""
+    bin_dir, repo, log = tmp_path / "bin", tmp_path / "repo", tmp_path / "calls.txt"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    repo.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "run.sh", repo / "run.sh")
+    fail = f'[[ " $* " == *" {fail_on} "* ]] && exit 1\n' if fail_on else ""
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\n{fail}printf "%s\\t" "$@" >> {log}\necho >> {log}\n')
+    (bin_dir / "python").chmod(0o755)
+    log.write_text("")
+    base = {k: v for k, v in os.environ.items() if k not in ("OUT_DIR", "DATA_DIR", "TINY", "SIZE", "SIZES", "SEED")}
+    proc = subprocess.run(["bash", "run.sh", *args], cwd=repo, capture_output=True, text=True,
+                          env={**base, "PATH": f"{bin_dir}:{os.environ['PATH']}", **env})
+    calls = [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
+    return proc, [(Path(script).name, flags) for script, *flags in calls]
+
+
+def flags_of(calls, script, index=0):
+    """{--key: value} of the index-th call of script (later flags win, as parse_config reads them)."""
+    found = [flags for s, flags in calls if s == script]
+    return dict(f[2:].partition("=")[::2] for f in found[index])
+
+
+def stage_configs(calls):
+    """The base model's SFTConfig as sft.py --mode=pretrain would parse it from run.sh's command."""
+    pretrain = [flags for s, flags in calls if s == "sft.py" and "--mode=pretrain" in flags][0]
+    return parse_config(sft.SFTConfig, pretrain, sft.MODES)
+
+
+def test_default_size_is_sft_defaults_in_out(tmp_path):
+    """`bash run.sh` (SIZE m) builds sft.py's default model in out/ and data/synthetic, every stage with its own
+    defaults: the shape it passes is the one sft.py would choose anyway, and no stage gets other flags."""
+    proc, calls = run_sh(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [s for s, _ in calls] == ["prepare.py", "sft.py", "sft.py", "prepare.py", "reward.py", "ppo.py", "ppo.py",
+                                     "evaluate.py"]
+    cfg, default = stage_configs(calls), sft.SFTConfig()
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == (default.n_layer, default.n_head, default.n_embd)
+    assert flags_of(calls, "sft.py", 0)["out_dir"] == "out/pretrain" and flags_of(calls, "prepare.py")["out_dir"] == \
+        "data/synthetic"
+    assert set(flags_of(calls, "sft.py", 1)) == {"seed", "data_dir", "init_from", "out_dir"}
+    assert set(flags_of(calls, "reward.py")) == {"seed", "data_dir", "init_from", "out_dir"}
+    assert set(flags_of(calls, "ppo.py", 0)) == {"seed", "data_dir", "init_from", "reward_model", "out_dir"}
+    assert run_sh(tmp_path, SIZE="m")[1] == calls
+
+
+@pytest.mark.parametrize("size,shape", [("xs", (2, 2, 40)), ("s", (3, 4, 80))])
+def test_each_size_has_its_shape_and_folders(tmp_path, size, shape):
+    """SIZE=xs and SIZE=s: their shape reaches the base model, every stage writes into out/SIZE and the world
+    goes to out/SIZE/data, the same seed as the default run's."""
+    proc, calls = run_sh(tmp_path, SIZE=size)
+    assert proc.returncode == 0, proc.stderr
+    cfg = stage_configs(calls)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == shape
+    assert flags_of(calls, "prepare.py")["out_dir"] == f"out/{size}/data"
+    assert flags_of(calls, "prepare.py")["seed"] == "1337"
+    for script, flags in calls:
+        out = [f for f in flags if f.startswith(("--out_dir=", "--data_dir=", "--init_from=", "--reward_model="))]
+        assert all(f.partition("=")[2].startswith(f"out/{size}") for f in out if "scratch" not in f), (script, out)
+
+
+def test_gpt2_preset_is_gpt2_124m(tmp_path):
+    """SIZE=gpt2 builds GPT-2 small's shape, context and vocabulary: 124M parameters (counted without building
+    the weights); TINY=1 SIZE=gpt2 keeps its other flags (vocabulary, context) at a tiny shape."""
+    proc, calls = run_sh(tmp_path, SIZE="gpt2")
+    assert proc.returncode == 0, proc.stderr
+    cfg = stage_configs(calls)
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.vocab) == (12, 12, 768, 1024, "gpt2")
+    with torch.device("meta"):
+        model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=50257, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                              n_embd=cfg.n_embd))
+    assert sum(p.numel() for p in model.parameters()) == 124_439_808  # GPT-2 small, position embeddings included
+    cfg = stage_configs(run_sh(tmp_path, SIZE="gpt2", TINY="1")[1])
+    assert (cfg.n_layer, cfg.n_head, cfg.vocab, cfg.block_size) == (2, 12, "gpt2", 1024)
+
+
+def test_unknown_size_is_refused(tmp_path):
+    proc, calls = run_sh(tmp_path, SIZE="xl")
+    assert proc.returncode == 1 and "unknown SIZE 'xl'" in proc.stderr and calls == []
+
+
+def test_scaling_runs_each_size_then_judges(tmp_path):
+    """`bash run.sh scaling`: the whole pipeline of each size of SIZES in DIR/NAME (its world in DIR/NAME/data),
+    then scaling.py over them; a size whose folder has results.json is kept, not run again."""
+    out = tmp_path / "scaling"
+    proc, calls = run_sh(tmp_path, "scaling", OUT_DIR=str(out), SIZES="xs m")
+    assert proc.returncode == 0, proc.stderr
+    assert [s for s, _ in calls].count("sft.py") == 4 and calls[-1][0] == "scaling.py"
+    assert flags_of(calls, "scaling.py") == {"seed": "1337", "sizes": "xs,m", "dir": str(out)}
+    pretrains = [dict(f[2:].partition("=")[::2] for f in flags) for s, flags in calls if "--mode=pretrain" in flags]
+    assert [(p["n_layer"], p["out_dir"], p["data_dir"]) for p in pretrains] == [
+        ("2", f"{out}/xs/pretrain", f"{out}/xs/data"), ("4", f"{out}/m/pretrain", f"{out}/m/data")]
+    (out / "xs").mkdir(parents=True, exist_ok=True)
+    (out / "xs" / "results.json").write_text("{}")
+    proc, calls = run_sh(tmp_path, "scaling", OUT_DIR=str(out), SIZES="xs m")
+    assert proc.returncode == 0 and f"kept {out}/xs" in proc.stdout
+    assert [flags_of(calls, "sft.py", 0)["out_dir"]] == [f"{out}/m/pretrain"]
+
+
+def test_tiny_scaling_runs_sizes_side_by_side_and_stops_on_a_failure(tmp_path):
+    """TINY=1's sizes run at once, each into DIR/NAME/run.log; one that fails stops the run with one line naming
+    it and its log (after the log's tail), and the judging is not run."""
+    out = tmp_path / "scaling"
+    proc, calls = run_sh(tmp_path, "scaling", OUT_DIR=str(out), TINY="1")
+    assert proc.returncode == 0, proc.stderr
+    widths = [flags_of(calls, "sft.py", i).get("n_embd") for i in range(6)]
+    assert sorted(w for w in widths if w) == ["16", "24", "32"]
+    assert all((out / name / "run.log").exists() for name in ("xs", "s", "m")) and calls[-1][0] == "scaling.py"
+    proc, calls = run_sh(tmp_path / "f", "scaling", OUT_DIR=str(tmp_path / "f" / "scaling"), TINY="1",
+                         fail_on="--n_embd=16")
+    assert proc.returncode == 1 and f"error: size xs failed: {tmp_path}/f/scaling/xs/run.log" in proc.stderr
+    assert "scaling.py" not in [s for s, _ in calls]
+
+
+def test_headroom_captured_by_hand():
+    """(win - 1/2) / (ideal - 1/2): the default run's PPO-ptx 0.586 against the ideal answers' 0.688 is 46%."""
+    assert scaling.headroom_captured(0.586, 0.688) == pytest.approx(0.086 / 0.188)
+    assert scaling.headroom_captured(0.688, 0.688) == 1.0 and scaling.headroom_captured(0.4, 0.6) == pytest.approx(-1)
+    assert scaling.headroom_captured(0.7, 0.5) is None
+
+
+def test_count_params_matches_the_model(tmp_path):
+    """count_params reads a checkpoint's state dict: GPT.num_params (position embeddings left out, the tied
+    output matrix counted once)."""
+    tok = Tokenizer.build_compact(["Human: hi\n\nAssistant: hello"])
+    model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=8))
+    save_checkpoint(str(tmp_path / "m.pt"), stage="sft", model=model, run_config={}, tokenizer=tok)
+    assert scaling.count_params(str(tmp_path / "m.pt")) == model.num_params()
+
+
+def test_scaling_refuses_missing_and_mismatched_sizes(tmp_path):
+    """A size without its run, one size alone, and sizes of two worlds are each refused in one line."""
+    cfg = scaling.ScalingConfig(sizes=("xs", "m"), dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"xs/results.json is missing: run the size first"):
+        scaling.check_sizes(cfg)
+    with pytest.raises(ConfigError, match="two or more different sizes"):
+        scaling.check_sizes(scaling.ScalingConfig(sizes=("m", "m"), dir=str(tmp_path)))
+    for name, prompt in (("xs", "a"), ("m", "b")):
+        d = tmp_path / name
+        for f in ("results.json", "pretrain/pretrain.pt", "sft/sft.pt", "ppo/ppo.pt", "ppo_ptx/ppo.pt"):
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_text("{}")
+        (d / "data").mkdir()
+        (d / "data" / "prompts_test.jsonl").write_text(f'{{"prompt": "{prompt}"}}\n')
+    with pytest.raises(ConfigError, match="another world"):
+        scaling.check_sizes(cfg)
