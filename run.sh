@@ -23,8 +23,10 @@ SEED=${SEED:-1337}
 SIZE=${SIZE:-m}
 P_PRE="" P_SFT="" P_RM="" P_PPO=""
 case $SIZE in
-    xs)   SHAPE="2 2 40";     TINY_SHAPE="1 2 16" ;;
-    s)    SHAPE="3 4 80";     TINY_SHAPE="1 2 24" ;;
+    xs)   SHAPE="2 2 40";     TINY_SHAPE="1 2 16"
+          P_PRE="--lr=1.6e-2" P_SFT="--lr=4e-3" ;;  # a narrower model takes a larger step (as muP says)
+    s)    SHAPE="3 4 80";     TINY_SHAPE="1 2 24"
+          P_PRE="--lr=8e-3" P_SFT="--lr=2e-3" ;;
     m)    SHAPE="4 4 128";    TINY_SHAPE="1 2 32" ;;
     gpt2) SHAPE="12 12 768";  TINY_SHAPE="2 12 48"
           # untuned: GPT-2 fine-tuning's usual learning rates, lower as the model is 100x the CPU's
