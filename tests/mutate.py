@@ -447,6 +447,32 @@ MUTANTS = [
          new='    if cfg.batch_size % cfg.minibatch_size:',
          tests='tests/test_ppo.py',
          why='a PPOConfig made in code (bench.py, tests) skips the ranges: --oracle_scale=-1 runs'),
+    # model sizes: run.sh's presets and scaling mode, data/synthetic/scaling.py
+    dict(file='data/synthetic/scaling.py',
+         old='return (win - 0.5) / (ideal - 0.5) if ideal > 0.5 else None',
+         new='return win / ideal if ideal > 0.5 else None',
+         tests='tests/test_scaling.py',
+         why="the headroom as a ratio of win rates: SFT itself would capture 73% of the ideal's"),
+    dict(file='data/synthetic/scaling.py',
+         old='name = max(params, key=params.get)',
+         new='name = list(params)[-1]',
+         tests='tests/test_scaling.py',
+         why='the largest SFT taken as the last size named, not the one with the most parameters'),
+    dict(file='data/synthetic/scaling.py',
+         old='"win_rate_vs_own_sft": {m: own["win_rate_vs_sft"][m] for m in METHODS},',
+         new='"win_rate_vs_own_sft": {m: joint["win_rate_vs_sft"][f"{name}_{m}"] for m in METHODS},',
+         tests='tests/test_pipeline.py',
+         why='the win rate against its own SFT read from the joint evaluation (against the largest SFT)'),
+    dict(file='run.sh',
+         old='--out_dir=$OUT/pretrain \\\n    $P_PRE $PRETRAIN_FLAGS',
+         new='--out_dir=$OUT/pretrain \\\n    $PRETRAIN_FLAGS $P_PRE',
+         tests='tests/test_scaling.py',
+         why="the size's preset after the user's flags: PRETRAIN_FLAGS=--lr=... is silently overridden"),
+    dict(file='run.sh',
+         old='SIZE=$size OUT_DIR=$DIR/$size DATA_DIR=$DIR/$size/data bash "$0"\n        fi',
+         new='OUT_DIR=$DIR/$size DATA_DIR=$DIR/$size/data bash "$0"\n        fi',
+         tests='tests/test_scaling.py',
+         why='every size of the scaling run trained at the default size'),
 ]
 
 
@@ -470,10 +496,16 @@ def problems(mutant, root=ROOT):
     text = path.read_text()
     found = [f"{mutant['file']}: the old text occurs {text.count(mutant['old'])} times, not once: "
              f"{mutant['old'][:70]!r}"] if text.count(mutant["old"]) != 1 else []
-    try:
-        ast.parse(text.replace(mutant["old"], mutant["new"]))
-    except SyntaxError as e:
-        found.append(f"{mutant['file']}: the mutant does not parse ({e.msg}): {mutant['new'][:70]!r}")
+    mutated = text.replace(mutant["old"], mutant["new"])
+    if path.suffix == ".sh":  # bash -n: the syntax only, nothing run
+        proc = subprocess.run(["bash", "-n"], input=mutated, capture_output=True, text=True)
+        if proc.returncode:
+            found.append(f"{mutant['file']}: the mutant does not parse ({proc.stderr.strip()}): {mutant['new'][:70]!r}")
+    else:
+        try:
+            ast.parse(mutated)
+        except SyntaxError as e:
+            found.append(f"{mutant['file']}: the mutant does not parse ({e.msg}): {mutant['new'][:70]!r}")
     found += [f"{t}: no such test file" for t in mutant["tests"].split() if not (root / t).is_file()]
     return found
 

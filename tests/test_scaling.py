@@ -70,14 +70,15 @@ def test_default_size_is_sft_defaults_in_out(tmp_path):
     assert run_sh(tmp_path, SIZE="m")[1] == calls
 
 
-@pytest.mark.parametrize("size,shape", [("xs", (2, 2, 40)), ("s", (3, 4, 80))])
-def test_each_size_has_its_shape_and_folders(tmp_path, size, shape):
-    """SIZE=xs and SIZE=s: their shape reaches the base model, every stage writes into out/SIZE and the world
-    goes to out/SIZE/data, the same seed as the default run's."""
+@pytest.mark.parametrize("size,shape,lr", [("xs", (2, 2, 40), 1.6e-2), ("s", (3, 4, 80), 8e-3)])
+def test_each_size_has_its_shape_and_folders(tmp_path, size, shape, lr):
+    """SIZE=xs and SIZE=s: their shape and learning rate reach the base model (a flag of the user's wins over
+    the preset's), every stage writes into out/SIZE and the world goes to out/SIZE/data, with the default seed."""
     proc, calls = run_sh(tmp_path, SIZE=size)
     assert proc.returncode == 0, proc.stderr
     cfg = stage_configs(calls)
-    assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == shape
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.lr) == (*shape, lr)
+    assert stage_configs(run_sh(tmp_path, SIZE=size, PRETRAIN_FLAGS="--lr=1e-3")[1]).lr == 1e-3
     assert flags_of(calls, "prepare.py")["out_dir"] == f"out/{size}/data"
     assert flags_of(calls, "prepare.py")["seed"] == "1337"
     for script, flags in calls:
@@ -98,6 +99,20 @@ def test_gpt2_preset_is_gpt2_124m(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == 124_439_808  # GPT-2 small, position embeddings included
     cfg = stage_configs(run_sh(tmp_path, SIZE="gpt2", TINY="1")[1])
     assert (cfg.n_layer, cfg.n_head, cfg.vocab, cfg.block_size) == (2, 12, "gpt2", 1024)
+
+
+@pytest.mark.parametrize("size,out", [("m", "out"), ("xs", "out/xs")])
+def test_sweep_runs_on_the_sizes_sft_and_rm(tmp_path, size, out):
+    """`bash run.sh sweep` hands sweep.py the SFT model and RM of the size's run and its world."""
+    for f in ("sft/sft.pt", "reward/reward.pt"):
+        (tmp_path / "repo" / out / f).parent.mkdir(parents=True)
+        (tmp_path / "repo" / out / f).write_text("")
+    data = "data/synthetic" if size == "m" else f"{out}/data"
+    proc, calls = run_sh(tmp_path, "sweep", SIZE=size)
+    assert proc.returncode == 0, proc.stderr
+    assert [s for s, _ in calls] == ["sweep.py"]
+    assert flags_of(calls, "sweep.py") == {"seed": "1337", "data_dir": data, "sft": f"{out}/sft/sft.pt",
+                                           "reward_model": f"{out}/reward/reward.pt", "out_dir": f"{out}/sweep"}
 
 
 def test_unknown_size_is_refused(tmp_path):
@@ -143,6 +158,12 @@ def test_headroom_captured_by_hand():
     assert scaling.headroom_captured(0.586, 0.688) == pytest.approx(0.086 / 0.188)
     assert scaling.headroom_captured(0.688, 0.688) == 1.0 and scaling.headroom_captured(0.4, 0.6) == pytest.approx(-1)
     assert scaling.headroom_captured(0.7, 0.5) is None
+
+
+def test_largest_size_by_parameters_not_by_order():
+    assert scaling.largest_size({"m": 1000, "xs": 10, "s": 100}) == "m"
+    with pytest.raises(ConfigError, match="sizes a, b have the same number of parameters"):
+        scaling.largest_size({"a": 5, "b": 5, "c": 1})
 
 
 def test_count_params_matches_the_model(tmp_path):

@@ -10,7 +10,8 @@ Reads each size's run (DIR/NAME: checkpoints, data/, results.json, seconds.json)
                         SFT as the baseline): its results.json, results.md and responses/
     results.json        {"largest": NAME, "sizes": {NAME: {"params", "win_rate_vs_largest_sft", "win_ci95",
                         "win_rate_vs_own_sft", "win_ci95_vs_own_sft", "gold", "rm_accuracy", "ideal_win_rate",
-                        "headroom_captured", "alignment_tax", "seconds"}}, "seed", "num_prompts", "seconds"}
+                        "headroom_captured", "alignment_tax", "ppo_ptx_vs_largest_base", "seconds"}}, "seed",
+                        "num_prompts", "seconds", "plot"}
     results.md          the tables
     scaling.csv         one row per size and model
     scaling.png         win rate against the largest SFT over parameters (log), a line per method, like the paper's
@@ -31,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from common import ConfigError, check_ranges, parse_config, ranged, run  # noqa: E402
-from data.formats import atomic_write, read_split  # noqa: E402
+from data.formats import atomic_write, read_jsonl, read_split  # noqa: E402
 from data.synthetic import evaluate  # noqa: E402
+from data.synthetic.labelers import HELDOUT_LABELERS, win_rate  # noqa: E402
 from data.synthetic.plots import new_figure, save_png, write_csv  # noqa: E402
 from model import GPT, GPTConfig, load_checkpoint  # noqa: E402
 
@@ -66,6 +68,16 @@ def headroom_captured(win, ideal):
     return (win - 0.5) / (ideal - 0.5) if ideal > 0.5 else None
 
 
+def largest_size(params):
+    """The name of the size with the most parameters ({name: parameters}); a tie for the most is refused, as the
+    largest SFT model would not be one model."""
+    name = max(params, key=params.get)
+    tied = [n for n, p in params.items() if p == params[name]]
+    if len(tied) > 1:
+        raise ConfigError(f"sizes {', '.join(tied)} have the same number of parameters: which SFT is the largest?")
+    return name
+
+
 def check_sizes(cfg):
     """{name: its run's folder}, each a finished run of the same world; one error line naming what is missing."""
     if len(set(cfg.sizes)) != len(cfg.sizes) or len(cfg.sizes) < 2:
@@ -85,9 +97,10 @@ def check_sizes(cfg):
     return runs
 
 
-def size_record(name, own, joint, params):
+def size_record(name, own, joint, params, vs_base):
     """One size's entry of results.json: the joint evaluation's win rates against the largest SFT, and its own
-    evaluation's (own: its results.json) numbers against its own SFT."""
+    evaluation's (own: its results.json) numbers against its own SFT; vs_base: (rate, CI) of its PPO-ptx against
+    the largest base model."""
     ideal = own["headroom"]["ideal"]["win_rate_vs_sft"]
     acc = own["rm_accuracy"]
     return {"params": params,
@@ -102,6 +115,7 @@ def size_record(name, own, joint, params):
             "ideal_win_rate": ideal,
             "headroom_captured": headroom_captured(own["win_rate_vs_sft"]["ppo_ptx"], ideal),
             "alignment_tax": {m: own["alignment_tax"][m] for m in METHODS},
+            "ppo_ptx_vs_largest_base": {"win_rate": vs_base[0], "win_ci95": vs_base[1]},
             "seconds": round(sum(own["seconds"].values()), 1) if own.get("seconds") else None}
 
 
@@ -122,10 +136,10 @@ def markdown(res):
     lines += ["", "Each size against its own SFT: PPO-ptx, the ideal answers, the share of their headroom PPO-ptx "
               "captures; the reward model's accuracy on the held-out labelers' comparisons and its gold ceiling "
               "(the noiseless truth on the same pairs); the alignment tax (LM loss on held-out pretraining text, "
-              "probe accuracy):", "",
+              f"probe accuracy); its PPO-ptx head to head against the largest base model ({largest}_base):", "",
               "| size | PPO-ptx vs SFT | PPO vs SFT | ideal vs SFT | headroom captured | RM accuracy | gold ceiling "
-              "| LM loss SFT / PPO-ptx / base | probe SFT / PPO-ptx / base | minutes |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"| LM loss SFT / PPO-ptx / base | probe SFT / PPO-ptx / base | PPO-ptx vs {largest}_base | minutes |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in sizes.items():
         own, acc, tax = r["win_rate_vs_own_sft"], r["rm_accuracy"], r["alignment_tax"]
         lm = " / ".join(f"{tax[m]['ptx_loss']:.2f}" for m in ("sft", "ppo_ptx", "base"))
@@ -133,7 +147,8 @@ def markdown(res):
         minutes = "-" if r["seconds"] is None else f"{r['seconds'] / 60:.1f}"
         lines.append(f"| {name} | {own['ppo_ptx']:.3f} | {own['ppo']:.3f} | {r['ideal_win_rate']:.3f} | "
                      f"{pct(r['headroom_captured'])} | {acc['heldout_labelers']:.3f} | "
-                     f"{acc['gold_ceiling']['heldout_labelers']:.3f} | {lm} | {probe} | {minutes} |")
+                     f"{acc['gold_ceiling']['heldout_labelers']:.3f} | {lm} | {probe} | "
+                     f"{r['ppo_ptx_vs_largest_base']['win_rate']:.3f} | {minutes} |")
     if res["plot"].endswith(".png"):
         lines += ["", f"![Win rate against the largest SFT over parameters]({res['plot']})"]
     else:
@@ -190,18 +205,23 @@ def main(argv=None):
     t0 = time.time()
     runs = check_sizes(cfg)
     params = {name: count_params(str(d / METHODS["sft"])) for name, d in runs.items()}
-    largest = max(params, key=params.get)
-    if sorted(params.values()).count(params[largest]) > 1:
-        raise ConfigError(f"sizes {', '.join(n for n in params if params[n] == params[largest])} have the same "
-                          f"number of parameters: the largest SFT model is not one model")
+    largest = largest_size(params)
     out = Path(cfg.dir)
     models = tuple(f"{name}_{m}={d / path}" for name, d in runs.items() for m, path in METHODS.items())
     joint = evaluate.main(evaluate.EvalConfig(
         models=models, baseline=f"{largest}_sft", data_dir=str(runs[largest] / "data"), reward_model="",
         split="test", num_prompts=cfg.num_prompts, max_new_tokens=cfg.max_new_tokens, sample_t1=False,
         seed=cfg.seed, out_dir=str(out / "vs_largest_sft")))
-    sizes = {name: size_record(name, json.loads((d / "results.json").read_text()), joint, params[name])
-             for name, d in runs.items()}
+    # the paper's 1.3B InstructGPT against the 175B GPT-3: each size's PPO-ptx against the largest base model, head
+    # to head on the responses just judged
+    answers = {name: read_jsonl(out / "vs_largest_sft" / "responses" / f"{name}.jsonl") for name in joint["gold"]}
+    prompts, base = [r["prompt"] for r in answers[f"{largest}_base"]], answers[f"{largest}_base"]
+    sizes = {}
+    for name, d in runs.items():
+        mine = answers[f"{name}_ppo_ptx"]
+        vs_base = win_rate(prompts, [r["response"] for r in mine], [r["response"] for r in base], HELDOUT_LABELERS,
+                           [r["ended"] for r in mine], [r["ended"] for r in base])
+        sizes[name] = size_record(name, json.loads((d / "results.json").read_text()), joint, params[name], vs_base)
     res = {"largest": largest, "sizes": sizes, "seed": cfg.seed, "num_prompts": joint["num_prompts"],
            "seconds": {"judge": round(time.time() - t0, 1)}}
     picture = write_plot(res, out)
