@@ -461,7 +461,7 @@ MUTANTS = [
     dict(file='data/synthetic/scaling.py',
          old='"win_rate_vs_own_sft": {m: own["win_rate_vs_sft"][m] for m in METHODS},',
          new='"win_rate_vs_own_sft": {m: joint["win_rate_vs_sft"][f"{name}_{m}"] for m in METHODS},',
-         tests='tests/test_pipeline.py',
+         tests='tests/test_scaling.py',
          why='the win rate against its own SFT read from the joint evaluation (against the largest SFT)'),
     dict(file='run.sh',
          old='--out_dir=$OUT/pretrain \\\n    $P_PRE $PRETRAIN_FLAGS',

@@ -160,6 +160,34 @@ def test_headroom_captured_by_hand():
     assert scaling.headroom_captured(0.7, 0.5) is None
 
 
+def test_size_record_takes_each_number_from_its_evaluation():
+    """A size's entry: win rates against the largest SFT from the joint evaluation, everything against its own SFT
+    (win rates, gold, the RM, the ideal answers, the alignment tax, seconds) from its own run's results.json;
+    the two hold different numbers here, so a number read from the wrong one shows."""
+    models = list(scaling.METHODS)
+    own = {"win_rate_vs_sft": {m: 0.1 + i / 10 for i, m in enumerate(models)},
+           "win_ci95": {m: 0.01 * (i + 1) for i, m in enumerate(models)},
+           "gold": {m: 0.5 + i / 20 for i, m in enumerate(models)},
+           "headroom": {"ideal": {"win_rate_vs_sft": 0.7}},
+           "rm_accuracy": {"heldout_labelers": 0.66, "train_labelers": 0.67, "pairs": 12,
+                           "gold_ceiling": {"heldout_labelers": 0.8, "train_labelers": 0.81},
+                           "sft_samples": {"heldout_labelers": 0.6}},
+           "alignment_tax": {m: {"ptx_loss": 1.0 + i, "probe": 0.9 - i / 10} for i, m in enumerate(models)},
+           "seconds": {"pretrain": 10.0, "eval": 2.5}}
+    joint = {"win_rate_vs_sft": {f"xs_{m}": 0.9 - i / 10 for i, m in enumerate(models)},
+             "win_ci95": {f"xs_{m}": 0.02 * (i + 1) for i, m in enumerate(models)}}
+    r = scaling.size_record("xs", own, joint, 1234, (0.8, 0.03))
+    assert r["params"] == 1234 and r["seconds"] == 12.5 and r["ideal_win_rate"] == 0.7
+    assert r["win_rate_vs_largest_sft"] == {m: joint["win_rate_vs_sft"][f"xs_{m}"] for m in models}
+    assert r["win_ci95"] == {m: joint["win_ci95"][f"xs_{m}"] for m in models}
+    assert r["win_rate_vs_own_sft"] == own["win_rate_vs_sft"] and r["win_ci95_vs_own_sft"] == own["win_ci95"]
+    assert r["gold"] == own["gold"] and r["alignment_tax"] == own["alignment_tax"]
+    assert r["headroom_captured"] == pytest.approx((own["win_rate_vs_sft"]["ppo_ptx"] - 0.5) / 0.2)
+    assert r["rm_accuracy"] == {"heldout_labelers": 0.66, "train_labelers": 0.67, "pairs": 12, "sft_samples": 0.6,
+                                "gold_ceiling": {"heldout_labelers": 0.8, "train_labelers": 0.81}}
+    assert r["ppo_ptx_vs_largest_base"] == {"win_rate": 0.8, "win_ci95": 0.03}
+
+
 def test_largest_size_by_parameters_not_by_order():
     assert scaling.largest_size({"m": 1000, "xs": 10, "s": 100}) == "m"
     with pytest.raises(ConfigError, match="sizes a, b have the same number of parameters"):
