@@ -48,7 +48,9 @@ if [ "${TINY:-0}" = 1 ]; then
     SHAPE=$TINY_SHAPE
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
     SCALE=${SCALE:-0.02}
-    PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--dtype=float32 --epochs=1 --batch_size=4 --eval_batches=1 --num_samples=0"}
+    # 256 positions at every size: 2% of the world holds too few 1,024-token windows for gpt2's validation batch
+    PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--dtype=float32 --epochs=1 --batch_size=4 --block_size=256 --eval_batches=1 \
+        --num_samples=0"}
     SFT_FLAGS=${SFT_FLAGS:-"--dtype=float32 --epochs=1 --batch_size=4 --eval_batches=1 --num_samples=0"}
     RM_FLAGS=${RM_FLAGS:-"--dtype=float32 --batch_size=8"}
     PPO_FLAGS=${PPO_FLAGS:-"--dtype=float32 --iterations=2 --batch_size=8 --minibatch_size=4 --ptx_batch_size=2 \

@@ -88,7 +88,7 @@ def test_each_size_has_its_shape_and_folders(tmp_path, size, shape, lr):
 
 def test_gpt2_preset_is_gpt2_124m(tmp_path):
     """SIZE=gpt2 builds GPT-2 small's shape, context and vocabulary: 124M parameters (counted without building
-    the weights); TINY=1 SIZE=gpt2 keeps its other flags (vocabulary, context) at a tiny shape."""
+    the weights); TINY=1 SIZE=gpt2 keeps its vocabulary and learning rates at a tiny shape and context."""
     proc, calls = run_sh(tmp_path, SIZE="gpt2")
     assert proc.returncode == 0, proc.stderr
     cfg = stage_configs(calls)
@@ -98,7 +98,7 @@ def test_gpt2_preset_is_gpt2_124m(tmp_path):
                               n_embd=cfg.n_embd))
     assert sum(p.numel() for p in model.parameters()) == 124_439_808  # GPT-2 small, position embeddings included
     cfg = stage_configs(run_sh(tmp_path, SIZE="gpt2", TINY="1")[1])
-    assert (cfg.n_layer, cfg.n_head, cfg.vocab, cfg.block_size) == (2, 12, "gpt2", 1024)
+    assert (cfg.n_layer, cfg.n_head, cfg.vocab, cfg.block_size, cfg.lr) == (2, 12, "gpt2", 256, 6e-4)
 
 
 @pytest.mark.parametrize("size,out", [("m", "out"), ("xs", "out/xs")])
