@@ -345,22 +345,21 @@ def test_default_models_find_both_ppo_runs(world, tmp_path, monkeypatch, capsys)
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """`TINY=1 SEED=3 bash run.sh scaling` once for the tests below (the pipeline at sizes xs, s and m, then the
-    models of all three judged against m's SFT): size m's out and data folders, and the environment that makes
-    run.sh use them."""
+    models of all three judged against m's SFT): size m's out and data folders."""
     root = tmp_path_factory.mktemp("tiny")
     env = {**os.environ, "TINY": "1", "SEED": "3", "OUT_DIR": str(root / "scaling")}
     proc = subprocess.run(["bash", "run.sh", "scaling"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = root / "scaling" / "m"
-    return out, out / "data", {**env, "OUT_DIR": str(out), "DATA_DIR": str(out / "data")}
+    return out, out / "data"
 
 
 def test_run_sh_tiny_end_to_end(world, tiny_run):
     """`TINY=1 SEED=3 bash run.sh` (size m of the scaling run) runs every stage in order at a tiny scale
     (seconds), with seed 3 from the data on; each stage's time lands in results.json, every model is judged on
     every test prompt. (`bash run.sh sweep`: its commands in tests/test_scaling.py, the sweep in test_sweep.py.)"""
-    out, data, _ = tiny_run
+    out, data = tiny_run
     prompts = [r["prompt"] for r in read_split(data, "prompts", "test")]
     res = check_results(out, MODELS, prompts, stages=STAGES)
     assert res["seed"] == 3
@@ -373,7 +372,7 @@ def test_run_sh_tiny_writes_the_plots_csv(tiny_run):
     """The tiny run's plots/: ppo_curves.csv has one row per PPO iteration per PPO model (the iterations of its
     metrics.jsonl, the numbers as logged), rm_accuracy.csv one row for all pairs and one per task family of
     results.json, win_rates.csv one per model with its CI; results.md links each plot by a relative path."""
-    out, _, _ = tiny_run
+    out, _ = tiny_run
     res = json.loads((out / "results.json").read_text())
     rows = read_csv(out / "plots" / "ppo_curves.csv")
     metrics = ["rm_score", "gold_score", "kl", "response_length", "ended"]
@@ -409,7 +408,7 @@ def test_run_sh_tiny_writes_the_plots_csv(tiny_run):
 def test_run_sh_tiny_draws_the_plots_png(tiny_run):
     """With matplotlib installed, the tiny run's plots/ has the three PNGs, and results.md links them."""
     pytest.importorskip("matplotlib")
-    out, _, _ = tiny_run
+    out, _ = tiny_run
     res = json.loads((out / "results.json").read_text())
     for name in ("ppo_curves", "rm_accuracy", "win_rates"):
         assert_png(out / "plots" / f"{name}.png")
@@ -421,7 +420,7 @@ def test_run_sh_tiny_scaling(tiny_run):
     largest), its win rates against m's SFT as the joint evaluation measured them on the responses it wrote,
     against its own SFT as its own run's results.json, its RM accuracy and the headroom captured by PPO-ptx;
     scaling.csv has a row per size and model, results.md a row per size, scaling.png with matplotlib."""
-    out, _, _ = tiny_run
+    out, _ = tiny_run
     top = out.parent
     res = json.loads((top / "results.json").read_text())
     joint = json.loads((top / "vs_largest_sft" / "results.json").read_text())
